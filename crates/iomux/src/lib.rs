@@ -1,0 +1,36 @@
+//! iomux: every classic network I/O model behind one sans-IO handler.
+//!
+//! The crate is the lesson of the seeds made runnable, one layer per module:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`selector`] | readiness multiplexing: select, poll and epoll behind one [`Selector`](selector::Selector) |
+//! | [`protocol`] | the sans-IO [`Handler`](protocol::Handler) every model serves (`upper`, `echo`) |
+//! | [`conn`] | one non-blocking connection's pending output, bound and half-close state |
+//! | [`server`] | one driver per I/O model, all serving the same handler |
+//! | [`sys`] | the raw syscalls, each turned into `io::Result` |
+//!
+//! # Which selector backend each OS gets
+//!
+//! | OS | backends | default |
+//! |---|---|---|
+//! | Linux, Android | select, poll, epoll | epoll |
+//! | other Unix (macOS, BSDs) | select, poll | poll (kqueue is planned) |
+//!
+//! # The I/O models
+//!
+//! | model | who waits for data | who copies it | threads |
+//! |---|---|---|---|
+//! | blocking (iterative) | the one thread, in `recv` | the thread | 1, one client at a time |
+//! | threaded | each connection's thread | that thread | one per connection, capped |
+//! | pool | a worker, in `recv` | the worker | a fixed N |
+//! | busy-poll | nobody: `recv` returns `EAGAIN` and the loop spins | the thread | 1, a full core |
+//! | select / poll / epoll | the one thread, in the selector | the thread, after readiness | 1 |
+
+#![deny(missing_docs)]
+
+pub mod conn;
+pub mod protocol;
+pub mod selector;
+pub mod server;
+pub mod sys;

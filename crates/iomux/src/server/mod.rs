@@ -1,0 +1,498 @@
+//! One driver per I/O model, all serving the same [`Handler`](crate::protocol::Handler).
+//!
+//! Every driver takes a bound listener, a [`Config`], a [`Stop`] and the
+//! [`Counters`] it reports into, and serves until stopped. The lifecycle is
+//! the same in each:
+//!
+//! * accept until [`Stop::stop`] is called; past [`Config::max_conns`] a new
+//!   connection is accepted and closed at once (counted in `refused`), so the
+//!   kernel backlog never fills with clients that wait forever;
+//! * the peer's EOF flushes pending output, then the connection closes;
+//! * a reset or broken pipe closes the connection quietly and is counted in
+//!   `resets`; `SIGPIPE` is never raised (sends use `MSG_NOSIGNAL`);
+//! * an accept error (`EMFILE`, `ENFILE`, `ECONNABORTED`, ...) is counted and
+//!   never makes the loop spin or the server exit: the driver backs off for
+//!   [`ACCEPT_BACKOFF`] before accepting again;
+//! * no fd outlives its connection.
+//!
+//! | model | file | how it waits |
+//! |---|---|---|
+//! | [`Model::Blocking`] | `blocking.rs` | one client at a time, blocking `recv` |
+//! | [`Model::Threaded`] | `threaded.rs` | a thread per connection, at most `max_conns` |
+//! | [`Model::Pool`] | `pool.rs` | `workers` threads take connections from a queue |
+//! | [`Model::BusyPoll`] | `busy_poll.rs` | non-blocking try-accept / try-recv / try-send in a loop: spins |
+//! | [`Model::Select`], [`Model::Poll`], [`Model::Epoll`] | `readiness.rs` | one thread, one [`Selector`](crate::selector::Selector) |
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::protocol::Protocol;
+use crate::selector::Backend;
+
+mod blocking;
+mod busy_poll;
+mod pool;
+mod readiness;
+mod threaded;
+
+/// How long a driver waits before accepting again after an accept error
+/// such as `EMFILE`: long enough not to spin, short enough to recover fast.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The I/O models iomux serves with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Model {
+    /// Iterative: one client at a time on the calling thread; a second
+    /// client waits in the listen backlog until the first closes.
+    Blocking,
+    /// A thread per connection, capped at `max_conns`.
+    Threaded,
+    /// A fixed pool of `workers` threads; connections queue for a free one.
+    Pool,
+    /// Non-blocking sockets polled in a loop without waiting: burns a core.
+    BusyPoll,
+    /// Readiness with `select(2)`.
+    Select,
+    /// Readiness with `poll(2)`.
+    Poll,
+    /// Readiness with `epoll(7)`.
+    Epoll,
+}
+
+impl Model {
+    /// Every model, in the order the seeds introduce them.
+    pub const ALL: [Model; 7] = [
+        Model::Blocking,
+        Model::Threaded,
+        Model::Pool,
+        Model::BusyPoll,
+        Model::Select,
+        Model::Poll,
+        Model::Epoll,
+    ];
+
+    /// The name the CLI uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Blocking => "blocking",
+            Model::Threaded => "threaded",
+            Model::Pool => "pool",
+            Model::BusyPoll => "busy-poll",
+            Model::Select => "select",
+            Model::Poll => "poll",
+            Model::Epoll => "epoll",
+        }
+    }
+
+    /// What `auto` means on this platform: the readiness model on the
+    /// recommended selector backend (epoll on Linux).
+    pub fn auto() -> Model {
+        Model::for_backend(Backend::recommended())
+    }
+
+    /// The readiness model on `backend`.
+    pub fn for_backend(backend: Backend) -> Model {
+        match backend {
+            Backend::Select => Model::Select,
+            Backend::Poll => Model::Poll,
+            Backend::Epoll => Model::Epoll,
+        }
+    }
+
+    /// The selector backend of a readiness model.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            Model::Select => Some(Backend::Select),
+            Model::Poll => Some(Backend::Poll),
+            Model::Epoll => Some(Backend::Epoll),
+            _ => None,
+        }
+    }
+
+    /// Whether the model serves clients concurrently (all but iterative
+    /// blocking).
+    pub fn is_concurrent(self) -> bool {
+        self != Model::Blocking
+    }
+
+    /// Whether this platform can run the model.
+    pub fn is_supported(self) -> bool {
+        self.backend().is_none_or(Backend::is_supported)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Model {
+    type Err = String;
+    /// Parses a model name; `auto` gives [`Model::auto`].
+    fn from_str(s: &str) -> Result<Model, String> {
+        if s == "auto" {
+            return Ok(Model::auto());
+        }
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown model {s:?}; expected auto, {}", names.join(", "))
+            })
+    }
+}
+
+/// A validated server configuration.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The protocol every connection speaks.
+    pub protocol: Protocol,
+    /// Worker threads of [`Model::Pool`] (at least 1).
+    pub workers: usize,
+    /// Connections served at once (at least 1); more are accepted and closed.
+    pub max_conns: usize,
+    /// Most output bytes pending per connection before reading from that
+    /// peer pauses (backpressure). Non-blocking models only: the blocking
+    /// ones write each reply in full before reading again.
+    pub max_output: usize,
+    /// Bytes read per `recv` (the one scratch buffer of a loop, or of a thread).
+    pub read_chunk: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            protocol: Protocol::Upper,
+            workers: 4,
+            max_conns: 10_000,
+            max_output: 256 * 1024,
+            read_chunk: 64 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values a driver relies on.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the bad field.
+    pub fn validate(&self) -> io::Result<()> {
+        let bad = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what.to_string()));
+        if self.workers == 0 {
+            return bad("workers must be at least 1");
+        }
+        if self.max_conns == 0 {
+            return bad("max_conns must be at least 1");
+        }
+        if self.max_output == 0 {
+            return bad("max_output must be at least 1 byte");
+        }
+        if self.read_chunk == 0 {
+            return bad("read_chunk must be at least 1 byte");
+        }
+        Ok(())
+    }
+}
+
+/// What a server has done: the figures the bench and the tests read.
+/// Shared between the driver's threads, so every field is atomic.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted (refused ones included).
+    pub accepted: AtomicU64,
+    /// Accepted connections closed at once: over `max_conns`, or an fd
+    /// select() cannot watch.
+    pub refused: AtomicU64,
+    /// Served connections that have closed.
+    pub closed: AtomicU64,
+    /// Connections closed by a reset or broken pipe.
+    pub resets: AtomicU64,
+    /// Failed accept calls (`EMFILE` and the like), `WouldBlock` excluded.
+    pub accept_errors: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// `recv`/`read` calls, `WouldBlock` ones included.
+    pub recv_calls: AtomicU64,
+    /// `send`/`write` calls, `WouldBlock` ones included.
+    pub send_calls: AtomicU64,
+    /// Selector waits (readiness models only).
+    pub wait_calls: AtomicU64,
+    /// Output bytes pending now, over all connections.
+    pub pending_output: AtomicU64,
+    /// The most output bytes any one connection ever had pending.
+    pub peak_conn_output: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Connections being served now.
+    pub fn active(&self) -> u64 {
+        let s = self.snapshot();
+        s.accepted - s.refused - s.closed
+    }
+
+    /// A plain copy of every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            accepted: g(&self.accepted),
+            refused: g(&self.refused),
+            closed: g(&self.closed),
+            resets: g(&self.resets),
+            accept_errors: g(&self.accept_errors),
+            bytes_in: g(&self.bytes_in),
+            bytes_out: g(&self.bytes_out),
+            recv_calls: g(&self.recv_calls),
+            send_calls: g(&self.send_calls),
+            wait_calls: g(&self.wait_calls),
+            pending_output: g(&self.pending_output),
+            peak_conn_output: g(&self.peak_conn_output),
+        }
+    }
+}
+
+/// A copy of [`Counters`] at one moment.
+#[allow(missing_docs)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub resets: u64,
+    pub accept_errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub recv_calls: u64,
+    pub send_calls: u64,
+    pub wait_calls: u64,
+    pub pending_output: u64,
+    pub peak_conn_output: u64,
+}
+
+/// Tells a running server to stop accepting and return.
+///
+/// Backed by a pipe that becomes readable, and stays readable, once
+/// [`stop`](Stop::stop) is called: readiness drivers watch it in their
+/// selector, blocking drivers `poll` it beside the listener, busy-poll reads
+/// the flag. No driver wakes up on an interval to check.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug)]
+struct StopInner {
+    flag: AtomicBool,
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Stop {
+    /// A stop signal not yet given.
+    ///
+    /// # Errors
+    /// The OS error if no pipe can be created.
+    pub fn new() -> io::Result<Stop> {
+        let (read, write) = crate::sys::pipe()?;
+        Ok(Stop {
+            inner: Arc::new(StopInner {
+                flag: AtomicBool::new(false),
+                read,
+                write,
+            }),
+        })
+    }
+
+    /// Asks every driver holding a clone to stop. Idempotent.
+    pub fn stop(&self) {
+        if !self.inner.flag.swap(true, Ordering::AcqRel) {
+            // The pipe is fresh and never drained: one byte always fits.
+            let _ = crate::sys::write(&self.inner.write, &[1]);
+        }
+    }
+
+    /// Whether [`stop`](Stop::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.flag.load(Ordering::Acquire)
+    }
+
+    /// An fd that is readable once stopped; never read it.
+    pub fn fd(&self) -> RawFd {
+        self.inner.read.as_raw_fd()
+    }
+
+    /// Blocks until `fd` is readable or the stop is given. Returns `true` if
+    /// stopped. Blocking drivers call it before `accept`.
+    ///
+    /// # Errors
+    /// The OS error of `poll`, `EINTR` excluded.
+    pub fn wait_readable(&self, fd: RawFd) -> io::Result<bool> {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfds.
+            let res = unsafe { crate::sys::syscall!(poll(fds.as_mut_ptr(), 2, -1)) };
+            match res {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(self.is_stopped()),
+            }
+        }
+    }
+}
+
+/// Serves `listener` with `model` on the calling thread until `stop` is
+/// given, then closes the listener and returns. Connections still open are
+/// closed by the readiness and busy-poll drivers; thread-based drivers let
+/// each connection thread finish with its client.
+///
+/// # Errors
+/// An invalid `config`, a model this platform lacks, or a failure to set up
+/// (creating the selector). Errors of single connections are never returned:
+/// they close that connection and are counted.
+pub fn serve(
+    model: Model,
+    listener: TcpListener,
+    config: &Config,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> io::Result<()> {
+    config.validate()?;
+    match model {
+        Model::Blocking => blocking::serve(listener, config, stop, counters),
+        Model::Threaded => threaded::serve(listener, config, stop, counters),
+        Model::Pool => pool::serve(listener, config, stop, counters),
+        Model::BusyPoll => busy_poll::serve(listener, config, stop, counters),
+        Model::Select | Model::Poll | Model::Epoll => {
+            let backend = model.backend().expect("readiness model");
+            readiness::serve(backend, listener, config, stop, counters)
+        }
+    }
+}
+
+/// A server running on its own thread: what tests and the bench start.
+#[derive(Debug)]
+pub struct Server {
+    model: Model,
+    addr: SocketAddr,
+    stop: Stop,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port) and serves it with `model` on
+    /// a new thread.
+    ///
+    /// # Errors
+    /// The bind error, or `config.validate()`'s.
+    pub fn spawn(model: Model, addr: SocketAddr, config: Config) -> io::Result<Server> {
+        config.validate()?;
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Stop::new()?;
+        let counters = Arc::new(Counters::default());
+        let thread = {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name(format!("iomux-{model}"))
+                .spawn(move || serve(model, listener, &config, &stop, &counters))?
+        };
+        Ok(Server {
+            model,
+            addr,
+            stop,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// The model serving.
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Stops the server and waits for its thread.
+    ///
+    /// # Errors
+    /// The error `serve` returned; a panic in the driver becomes an error.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop.stop();
+        let thread = self.thread.take().expect("joined once");
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether an I/O error means the peer went away (reset, broken pipe):
+/// closed quietly and counted in `resets`.
+pub fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// Handles a failed `accept`: counts it and, for anything but `WouldBlock`
+/// and `EINTR`, sleeps [`ACCEPT_BACKOFF`] so that `EMFILE` cannot make the
+/// loop spin. Returns `true` if the caller should simply try again later
+/// (the error is never fatal).
+pub fn accept_failed(e: &io::Error, counters: &Counters) -> bool {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => true,
+        _ => {
+            Counters::add(&counters.accept_errors, 1);
+            std::thread::sleep(ACCEPT_BACKOFF);
+            true
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The one home of raw syscalls.
+//!
+//! Every call into libc goes through [`syscall!`], which turns the C convention
+//! (`-1` and `errno`) into an [`io::Error`]. The selector backends use the macro
+//! directly for their own system calls; everything else that needs a file
+//! descriptor helper finds it here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
+///
+/// The macro only wraps the call; the caller still writes the `unsafe` block
+/// around it with its own `// SAFETY:` comment, because only the caller knows
+/// why the pointers it passes are valid.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        let res = libc::$fn($($arg),*);
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
+
+/// Puts `fd` in non-blocking mode.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer argument; an invalid fd yields EBADF.
+    let flags = unsafe { syscall!(fcntl(fd, libc::F_GETFL))? };
+    let new = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        // SAFETY: F_SETFL takes an integer argument; an invalid fd yields EBADF.
+        unsafe { syscall!(fcntl(fd, libc::F_SETFL, new))? };
+    }
+    Ok(())
+}
+
+/// Whether `fd` names an open file description in this process.
+///
+/// One `fcntl(F_GETFD)`: it fails with `EBADF` exactly when the fd is closed.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no pointer argument; an invalid fd yields EBADF.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
+}
+
+/// Creates a pipe whose ends are non-blocking and close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    unsafe { syscall!(pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))? };
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Creates a non-blocking, close-on-exec eventfd with a zero counter.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))? };
+    // SAFETY: eventfd succeeded, so `fd` is open and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes all of `buf` to a non-blocking fd once; `WouldBlock` is returned as is.
+pub fn write(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe { syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()))? };
+    Ok(n as usize)
+}
+
+/// Reads once from an fd into `buf`.
+pub fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()))? };
+    Ok(n as usize)
+}
+
+/// Ignores `SIGPIPE` for the whole process, so a write to a closed peer
+/// returns `EPIPE` instead of killing the process.
+///
+/// Servers call this once at start; it is idempotent. (Sockets written with
+/// `send(MSG_NOSIGNAL)` do not need it, but `std::io::Write` on a `TcpStream`
+/// on some platforms does.)
+pub fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE; no handler code runs.
+    let prev = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if prev == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends bytes on a socket without raising `SIGPIPE` (`MSG_NOSIGNAL`).
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe { syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL))? };
+    Ok(n as usize)
+}
+
+/// Receives bytes from a socket into `buf`.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))? };
+    Ok(n as usize)
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    unsafe { syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))? };
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Number of open file descriptors of this process (entries of /proc/self/fd).
+#[cfg(target_os = "linux")]
+pub fn open_fd_count() -> io::Result<usize> {
+    // read_dir itself holds one fd open while it lists; do not count it.
+    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
+}
