@@ -1,1 +1,257 @@
-//! One connection.
+//! One non-blocking connection: its handler, its unsent output, its
+//! half-close state. Shared by the drivers that never block on a socket.
+//!
+//! Memory rules, so that many idle connections cost little more than their
+//! kernel sockets:
+//!
+//! * input is read into the driver's one scratch buffer, never a
+//!   per-connection one;
+//! * the handler's reply is built in the driver's scratch output and sent at
+//!   once; only what the kernel did not take is copied into the connection's
+//!   own buffer, and that buffer is freed as soon as it is flushed;
+//! * the buffer's sent prefix is dropped once it outweighs the unsent rest,
+//!   so the buffer stays within twice the unsent output plus one reply;
+//! * a connection whose unsent output reaches the driver's bound stops being
+//!   read until it drains ([`Conn::wants_read`]): a peer that sends without
+//!   reading cannot grow the server's memory.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use iomux::conn::Conn;
+//! use iomux::protocol::Protocol;
+//! use iomux::server::Counters;
+//! use std::net::TcpStream;
+//!
+//! let stream = TcpStream::connect("127.0.0.1:1688")?;
+//! stream.set_nonblocking(true)?;
+//! let mut conn = Conn::new(stream, Protocol::Upper.handler());
+//! let (mut scratch, mut out) = (vec![0; 65536], Vec::new());
+//! let counters = Counters::default();
+//! conn.on_readable(&mut scratch, &mut out, &counters)?;
+//! if conn.wants_write() {
+//!     conn.on_writable(&counters)?;
+//! }
+//! # std::io::Result::Ok(())
+//! ```
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use crate::protocol::{Action, Handler};
+use crate::server::Counters;
+use crate::sys;
+
+/// A non-blocking connection's state.
+#[derive(Debug)]
+pub struct Conn<H> {
+    stream: TcpStream,
+    handler: H,
+    /// Output the kernel has not taken yet; `out[sent..]` is unsent.
+    out: Vec<u8>,
+    sent: usize,
+    /// The peer closed its sending side (read returned 0).
+    read_closed: bool,
+    /// The handler asked to close once its output is sent.
+    closing: bool,
+}
+
+impl<H: Handler> Conn<H> {
+    /// A connection over a non-blocking `stream`, speaking `handler`.
+    pub fn new(stream: TcpStream, handler: H) -> Conn<H> {
+        Conn {
+            stream,
+            handler,
+            out: Vec::new(),
+            sent: 0,
+            read_closed: false,
+            closing: false,
+        }
+    }
+
+    /// The socket's fd.
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Output bytes not yet sent.
+    pub fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Bytes of memory the connection holds in user space for output.
+    pub fn buffer_capacity(&self) -> usize {
+        self.out.capacity()
+    }
+
+    /// Whether the driver should read from this peer: it has not closed,
+    /// the handler has not asked to close, and its unsent output is below
+    /// `max_output`.
+    pub fn wants_read(&self, max_output: usize) -> bool {
+        !self.read_closed && !self.closing && self.pending() < max_output
+    }
+
+    /// Whether output is waiting for the socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        self.pending() > 0
+    }
+
+    /// Whether the connection is finished: the peer or the handler ended it
+    /// and every byte has been sent. The driver closes it now.
+    pub fn is_done(&self) -> bool {
+        (self.read_closed || self.closing) && self.pending() == 0
+    }
+
+    /// One `recv` into `scratch`; feeds what arrived to the handler, which
+    /// builds its reply in `scratch_out`; sends the reply at once if nothing
+    /// is queued before it, and keeps only what the kernel did not take.
+    /// On EOF, asks the handler for its last words the same way.
+    ///
+    /// `WouldBlock` (a spurious wake-up) is not an error: nothing happens.
+    ///
+    /// # Errors
+    /// The OS error of `recv` or `send`; the connection should be closed
+    /// ([`crate::server::is_peer_gone`] tells a reset from other errors).
+    pub fn on_readable(
+        &mut self,
+        scratch: &mut [u8],
+        scratch_out: &mut Vec<u8>,
+        counters: &Counters,
+    ) -> io::Result<()> {
+        Counters::add(&counters.recv_calls, 1);
+        let n = match sys::recv(self.fd(), scratch) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        scratch_out.clear();
+        if n == 0 {
+            self.read_closed = true;
+            self.handler.on_eof(scratch_out);
+        } else {
+            Counters::add(&counters.bytes_in, n as u64);
+            if self.handler.on_data(&scratch[..n], scratch_out) == Action::Close {
+                self.closing = true;
+            }
+        }
+        if scratch_out.is_empty() {
+            return Ok(());
+        }
+        let taken = if self.pending() == 0 {
+            send(self.fd(), scratch_out, counters)?
+        } else {
+            0
+        };
+        let rest = &scratch_out[taken..];
+        if !rest.is_empty() {
+            // Drop the sent prefix once it outweighs the unsent rest, so a
+            // peer that reads slowly but steadily cannot grow the buffer past
+            // twice its pending output (plus one reply): the move is
+            // amortised over at least as many bytes sent.
+            if self.sent > 0 && self.sent >= self.pending() {
+                self.out.drain(..self.sent);
+                self.sent = 0;
+            }
+            self.out.extend_from_slice(rest);
+            Counters::add(&counters.pending_output, rest.len() as u64);
+            counters
+                .peak_conn_output
+                .fetch_max(self.pending() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// One `send` of the unsent output; frees the buffer once it is empty.
+    ///
+    /// # Errors
+    /// The OS error of `send`; the connection should be closed.
+    pub fn on_writable(&mut self, counters: &Counters) -> io::Result<()> {
+        if self.pending() == 0 {
+            return Ok(());
+        }
+        let n = send(self.fd(), &self.out[self.sent..], counters)?;
+        self.sent += n;
+        counters
+            .pending_output
+            .fetch_sub(n as u64, Ordering::Relaxed);
+        if self.pending() == 0 {
+            // Idle connections hold no buffer.
+            self.out = Vec::new();
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    /// Closes the socket; output never sent stops counting as pending.
+    pub fn close(self, counters: &Counters) {
+        counters
+            .pending_output
+            .fetch_sub(self.pending() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Sends once without `SIGPIPE`; `WouldBlock` counts as 0 bytes taken.
+fn send(fd: RawFd, buf: &[u8], counters: &Counters) -> io::Result<usize> {
+    Counters::add(&counters.send_calls, 1);
+    match sys::send(fd, buf) {
+        Ok(n) => {
+            Counters::add(&counters.bytes_out, n as u64);
+            Ok(n)
+        }
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Protocol;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A peer that reads slowly but steadily keeps unsent output just under
+    /// the bound; the buffer must not grow with the bytes already sent.
+    #[test]
+    fn buffer_stays_bounded_under_a_steady_slow_reader() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let counters = Counters::default();
+        let (max_output, chunk) = (64 * 1024, 4096);
+        let mut conn = Conn::new(stream, Protocol::Echo.handler());
+        let (mut scratch, mut out) = (vec![0; chunk], Vec::new());
+        let mut sink = vec![0; 1024];
+        let msg = vec![b'x'; chunk];
+        let mut max_capacity = 0;
+        for _ in 0..20_000 {
+            let _ = peer.write(&msg); // the peer keeps sending...
+            let _ = peer.read(&mut sink); // ...and reads a little
+            if conn.wants_read(max_output) {
+                conn.on_readable(&mut scratch, &mut out, &counters).unwrap();
+            }
+            if conn.wants_write() {
+                conn.on_writable(&counters).unwrap();
+            }
+            max_capacity = max_capacity.max(conn.buffer_capacity());
+        }
+        let sent = counters.bytes_out.load(Ordering::Relaxed) as usize;
+        assert!(
+            sent > 8 * max_output,
+            "the test must push far more than the bound ({sent})"
+        );
+        assert!(
+            max_capacity <= 4 * (max_output + chunk),
+            "buffer grew to {max_capacity} bytes for a bound of {max_output}"
+        );
+    }
+}

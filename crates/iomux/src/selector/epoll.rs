@@ -83,11 +83,23 @@ impl Epoll {
 }
 
 impl Sys for Epoll {
-    fn register(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn register(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, epoll_bits(interest, mode))
     }
 
-    fn reregister(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn reregister(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, epoll_bits(interest, mode))
     }
 

@@ -160,10 +160,7 @@ impl Backend {
 
     /// The backends this platform offers.
     pub fn supported() -> Vec<Backend> {
-        Self::ALL
-            .into_iter()
-            .filter(|b| b.is_supported())
-            .collect()
+        Self::ALL.into_iter().filter(|b| b.is_supported()).collect()
     }
 
     /// Whether this platform offers the backend.
@@ -233,7 +230,9 @@ impl FromStr for Backend {
         Backend::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown selector backend {s:?}; expected select, poll or epoll"))
+            .ok_or_else(|| {
+                format!("unknown selector backend {s:?}; expected select, poll or epoll")
+            })
     }
 }
 
@@ -421,9 +420,21 @@ pub struct Stats {
 /// (validation of modes, timeout rounding, EINTR retry, the waker, counters).
 pub(crate) trait Sys {
     /// Adds `fd`. Errors: `AlreadyRegistered`, `BadFd`, `FdSetSize`.
-    fn register(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()>;
+    fn register(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()>;
     /// Replaces the token, interest and mode of `fd`; rearms a oneshot.
-    fn reregister(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()>;
+    fn reregister(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()>;
     /// Removes `fd`. Errors: `NotRegistered`.
     fn deregister(&mut self, fd: RawFd) -> io::Result<()>;
     /// One kernel wait of at most `timeout_ms` (-1: forever); appends at most
@@ -625,8 +636,7 @@ impl Selector {
         let mut timeout_ms = timeout.map_or(-1, round_up_ms);
         loop {
             self.wait_calls += 1;
-            let res =
-                dispatch!(&mut self.inner, s => s.wait(&mut events.list, events.capacity, timeout_ms));
+            let res = dispatch!(&mut self.inner, s => s.wait(&mut events.list, events.capacity, timeout_ms));
             match res {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     events.list.clear();

@@ -56,7 +56,13 @@ impl Poll {
 }
 
 impl Sys for Poll {
-    fn register(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn register(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         if self.index.contains_key(&fd) {
             return Err(SelectorError::AlreadyRegistered(fd).into());
         }
@@ -73,7 +79,13 @@ impl Sys for Poll {
         Ok(())
     }
 
-    fn reregister(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn reregister(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         let &i = self
             .index
             .get(&fd)

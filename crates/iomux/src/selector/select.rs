@@ -25,7 +25,7 @@ use super::{Event, Interest, Mode, SelectorError, Sys, Token};
 use crate::sys::{is_open, syscall};
 
 /// Bits in an `fd_set`.
-pub(crate) const FD_SETSIZE: usize = libc::FD_SETSIZE as usize;
+pub(crate) const FD_SETSIZE: usize = libc::FD_SETSIZE;
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -82,19 +82,33 @@ impl Select {
 
     fn apply(&mut self, fd: RawFd, slot: Option<Slot>) {
         let armed = slot.filter(|s| !s.disarmed);
-        set(&mut self.read, fd, armed.is_some_and(|s| s.interest.is_readable()));
-        set(&mut self.write, fd, armed.is_some_and(|s| s.interest.is_writable()));
+        set(
+            &mut self.read,
+            fd,
+            armed.is_some_and(|s| s.interest.is_readable()),
+        );
+        set(
+            &mut self.write,
+            fd,
+            armed.is_some_and(|s| s.interest.is_writable()),
+        );
         let i = fd as usize;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
         }
         self.slots[i] = slot;
-        self.nfds = self.slots.iter().rposition(Option::is_some).map_or(0, |p| p + 1);
+        self.nfds = self
+            .slots
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |p| p + 1);
         self.slots.truncate(self.nfds);
     }
 
     fn slot(&self, fd: RawFd) -> Option<Slot> {
-        usize::try_from(fd).ok().and_then(|i| self.slots.get(i).copied().flatten())
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get(i).copied().flatten())
     }
 
     /// After `EBADF`: report every registered fd that is closed as an error.
@@ -113,7 +127,13 @@ impl Select {
 }
 
 impl Sys for Select {
-    fn register(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn register(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         if fd as usize >= FD_SETSIZE {
             return Err(SelectorError::FdSetSize {
                 fd,
@@ -137,7 +157,13 @@ impl Sys for Select {
         Ok(())
     }
 
-    fn reregister(&mut self, fd: RawFd, token: Token, interest: Interest, mode: Mode) -> io::Result<()> {
+    fn reregister(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        interest: Interest,
+        mode: Mode,
+    ) -> io::Result<()> {
         if self.slot(fd).is_none() {
             return Err(SelectorError::NotRegistered(fd).into());
         }
@@ -214,7 +240,13 @@ impl Sys for Select {
             }
         }
         for (fd, slot) in fired {
-            self.apply(fd as RawFd, Some(Slot { disarmed: true, ..slot }));
+            self.apply(
+                fd as RawFd,
+                Some(Slot {
+                    disarmed: true,
+                    ..slot
+                }),
+            );
         }
         Ok(())
     }

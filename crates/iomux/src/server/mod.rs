@@ -186,7 +186,12 @@ impl Config {
     /// # Errors
     /// `InvalidInput` naming the bad field.
     pub fn validate(&self) -> io::Result<()> {
-        let bad = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what.to_string()));
+        let bad = |what: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                what.to_string(),
+            ))
+        };
         if self.workers == 0 {
             return bad("workers must be at least 1");
         }

@@ -118,12 +118,53 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
     };
     // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
     unsafe { syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))? };
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Number of open file descriptors of this process (entries of /proc/self/fd).
 #[cfg(target_os = "linux")]
 pub fn open_fd_count() -> io::Result<usize> {
     // read_dir itself holds one fd open while it lists; do not count it.
-    Ok(std::fs::read_dir("/proc/self/fd")?.count().saturating_sub(1))
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec socket in one
+/// syscall (`accept4`), where std's `accept` plus `set_nonblocking` takes two.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn accept_nonblocking(listener: RawFd) -> io::Result<std::net::TcpStream> {
+    // SAFETY: null address pointers are allowed: the peer address is not wanted.
+    let fd = unsafe {
+        syscall!(accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        ))?
+    };
+    // SAFETY: accept4 succeeded: `fd` is a connected socket owned by nobody else.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
+
+/// Accepts one connection and makes it non-blocking (portable fallback).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn accept_nonblocking(listener: RawFd) -> io::Result<std::net::TcpStream> {
+    use std::mem::ManuallyDrop;
+    // SAFETY: the listener is borrowed for the call only; ManuallyDrop keeps
+    // it from being closed here.
+    let l = ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(listener) });
+    let (s, _) = l.accept()?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Whether an accept error means the process or system is out of a
+/// resource (fds, memory): retrying at once would fail again, so the
+/// caller must pause accepting instead of spinning.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

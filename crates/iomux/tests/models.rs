@@ -1,0 +1,314 @@
+//! The conformance suite every I/O model must pass, written once and
+//! instantiated per [`Model`] at the bottom of the file.
+//!
+//! Where a model cannot meet a check by design, the check asserts the
+//! behaviour the model has instead, with the reason next to it: iterative
+//! `blocking` serves one client at a time, so "concurrent" clients are
+//! served in turn and a client that never reads holds the server.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use iomux::protocol::Protocol;
+use iomux::server::{Config, Model, Server};
+use util::{any_local_address, Rng, GENEROUS};
+
+fn start(model: Model, config: Config) -> Server {
+    Server::spawn(model, any_local_address(), config).expect("server starts on 127.0.0.1:0")
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GENEROUS)).unwrap();
+    s.set_write_timeout(Some(GENEROUS)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// One request and its whole reply.
+fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).unwrap();
+    let mut reply = vec![0; Protocol::Upper.expected(msg).len()];
+    s.read_exact(&mut reply).unwrap();
+    reply
+}
+
+/// Sends `input` in the given chunk sizes from a writer thread, shuts the
+/// write side, and returns everything read until the server's EOF.
+fn exchange(addr: SocketAddr, input: Vec<u8>, chunks: Vec<usize>) -> Vec<u8> {
+    let mut s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut rest = &input[..];
+        let mut sizes = chunks.into_iter().cycle();
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap().min(rest.len());
+            w.write_all(&rest[..n]).unwrap();
+            rest = &rest[n..];
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Every byte value, in random chunk sizes, comes back transformed and in
+/// order; the server closes after the client's EOF.
+fn data_integrity(model: Model) {
+    let server = start(model, Config::default());
+    let mut rng = Rng::new(0x1688);
+    let mut input: Vec<u8> = (0..=255u8).cycle().take(256 * 64).collect();
+    input.extend(rng.bytes(200_000));
+    let chunks = (0..257).map(|_| rng.range(1, 4096)).collect();
+    let out = exchange(server.addr(), input.clone(), chunks);
+    assert_eq!(out.len(), input.len());
+    assert!(
+        out == Protocol::Upper.expected(&input),
+        "reply differs from upper(input)"
+    );
+}
+
+/// 100 clients at once, each doing 20 round trips. Iterative `blocking`
+/// serves one client at a time by design: the clients take turns.
+fn many_clients(model: Model) {
+    let server = start(model, Config::default());
+    let addr = server.addr();
+    let client = move |id: usize| {
+        let mut s = connect(addr);
+        for i in 0..20 {
+            let msg = format!("client {id} message {i} \u{e9}\n");
+            assert_eq!(
+                round_trip(&mut s, msg.as_bytes()),
+                Protocol::Upper.expected(msg.as_bytes())
+            );
+        }
+    };
+    if model.is_concurrent() {
+        let handles: Vec<_> = (0..100)
+            .map(|id| thread::spawn(move || client(id)))
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    } else {
+        (0..100).for_each(client);
+    }
+    assert!(util::wait_until(|| server.counters().active() == 0));
+    assert_eq!(server.counters().accepted.load(Ordering::Relaxed), 100);
+}
+
+/// The client shuts its write side after 1 MiB and still gets every reply
+/// byte, then EOF.
+fn half_close(model: Model) {
+    let server = start(model, Config::default());
+    let input = Rng::new(7).bytes(1 << 20);
+    let out = exchange(server.addr(), input.clone(), vec![65_536]);
+    assert_eq!(
+        out.len(),
+        input.len(),
+        "every byte of the reply arrives after the half-close"
+    );
+    assert!(out == Protocol::Upper.expected(&input));
+}
+
+/// A client that resets mid-stream is closed and counted; another client is
+/// served undisturbed, before and after.
+fn reset_does_not_disturb_others(model: Model) {
+    let server = start(model, Config::default());
+    let addr = server.addr();
+    let resetter = move || {
+        let mut s = connect(addr);
+        s.write_all(&[b'x'; 100_000]).unwrap();
+        let mut some = [0u8; 1000];
+        s.read_exact(&mut some).unwrap();
+        util::set_linger_zero(&s);
+        drop(s); // RST, with reply bytes still unread
+    };
+    let steady = move || {
+        let mut s = connect(addr);
+        for i in 0..200 {
+            let msg = format!("steady {i}");
+            assert_eq!(
+                round_trip(&mut s, msg.as_bytes()),
+                msg.to_uppercase().as_bytes()
+            );
+        }
+    };
+    if model.is_concurrent() {
+        let (a, b) = (thread::spawn(resetter), thread::spawn(steady));
+        a.join().unwrap();
+        b.join().unwrap();
+    } else {
+        // One client at a time by design: the steady client comes after.
+        resetter();
+        steady();
+    }
+    assert!(util::wait_until(|| server.counters().active() == 0));
+    // The reset connection was closed like any other, and nothing else broke.
+    assert_eq!(server.counters().closed.load(Ordering::Relaxed), 2);
+}
+
+/// One 16 MiB message, written while the reply is read.
+fn large_message(model: Model) {
+    let server = start(model, Config::default());
+    let input = Rng::new(16).bytes(16 << 20);
+    let out = exchange(server.addr(), input.clone(), vec![1 << 20]);
+    assert_eq!(out.len(), input.len());
+    assert!(out == Protocol::Upper.expected(&input));
+}
+
+/// A client sends up to 64 MiB and never reads. The server stops reading it
+/// once its output bound is full (memory stays bounded), and another client
+/// keeps getting answers meanwhile.
+fn slow_reader_is_bounded(model: Model) {
+    let config = Config::default();
+    let server = start(model, config);
+    let addr = server.addr();
+    let hog = connect(addr);
+    hog.set_nonblocking(true).unwrap();
+    // Push until the kernel and the server refuse more: 64 MiB or 3 s.
+    let chunk = vec![b'a'; 1 << 16];
+    let (mut sent, start) = (0usize, Instant::now());
+    let mut stalled_since = None;
+    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(3) {
+        match (&hog).write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                stalled_since = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Stalled for 300 ms: the server has stopped reading us.
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("hog write: {e}"),
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "the server must stop reading a peer that does not read"
+    );
+
+    let mut other = connect(addr);
+    if model.is_concurrent() {
+        for i in 0..50 {
+            let msg = format!("still served {i}");
+            assert_eq!(
+                round_trip(&mut other, msg.as_bytes()),
+                msg.to_uppercase().as_bytes()
+            );
+        }
+    } else {
+        // Iterative blocking, by design: the hog holds the only server
+        // thread, so the other client gets no answer until the hog leaves.
+        other.write_all(b"wait").unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        let err = other.read_exact(&mut buf).unwrap_err();
+        assert!(matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ));
+    }
+    // The driver's own accounting: no connection ever held more than the
+    // output bound plus one read's worth of reply.
+    let peak = server.counters().peak_conn_output.load(Ordering::Relaxed) as usize;
+    assert!(
+        peak <= config.max_output + config.read_chunk,
+        "peak pending output {peak} exceeds bound {} + {}",
+        config.max_output,
+        config.read_chunk
+    );
+    if model == Model::BusyPoll || model.backend().is_some() {
+        // Non-blocking models buffer up to the bound before they stop
+        // reading: the check above was really exercised.
+        assert!(
+            peak >= config.max_output,
+            "peak {peak}: the bound was never reached"
+        );
+    }
+    util::set_linger_zero(&hog);
+    drop(hog);
+    if !model.is_concurrent() {
+        other.set_read_timeout(Some(GENEROUS)).unwrap();
+        let mut buf = [0u8; 4];
+        other.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"WAIT");
+    }
+    drop(other);
+    assert!(util::wait_until(|| server.counters().active() == 0));
+    assert_eq!(server.counters().pending_output.load(Ordering::Relaxed), 0);
+}
+
+/// After 1,000 connections have come and gone, the server holds no socket
+/// but its listener.
+fn no_fd_leak(model: Model) {
+    let server = start(model, Config::default());
+    let port = server.addr().port();
+    for i in 0..1000 {
+        let mut s = connect(server.addr());
+        if i % 2 == 0 {
+            assert_eq!(round_trip(&mut s, b"ping"), b"PING");
+        } // odd ones close without a word
+    }
+    assert!(util::wait_until(|| server.counters().active() == 0));
+    assert!(
+        util::wait_until(|| util::sockets_on_local_port(port) == 1),
+        "{} sockets on the server's port; want the listener only",
+        util::sockets_on_local_port(port)
+    );
+    assert_eq!(server.counters().accepted.load(Ordering::Relaxed), 1000);
+}
+
+/// Stopping returns promptly and releases the port's sockets, with clients
+/// still connected (readiness and busy-poll close them; thread models let
+/// each thread finish with its client, which here closes right after).
+fn stops_cleanly(model: Model) {
+    let server = start(model, Config::default());
+    let port = server.addr().port();
+    let mut s = connect(server.addr());
+    assert_eq!(round_trip(&mut s, b"before stop"), b"BEFORE STOP");
+    let counters = server.counters().clone();
+    drop(s);
+    assert!(util::wait_until(|| counters.active() == 0));
+    server.shutdown().expect("serve returns Ok after stop");
+    assert!(util::wait_until(|| util::sockets_on_local_port(port) == 0));
+}
+
+macro_rules! conformance {
+    ($($name:ident => $model:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test] fn data_integrity() { super::data_integrity($model) }
+            #[test] fn many_clients() { super::many_clients($model) }
+            #[test] fn half_close() { super::half_close($model) }
+            #[test] fn reset_does_not_disturb_others() { super::reset_does_not_disturb_others($model) }
+            #[test] fn large_message() { super::large_message($model) }
+            #[test] fn slow_reader_is_bounded() { super::slow_reader_is_bounded($model) }
+            #[test] fn no_fd_leak() { super::no_fd_leak($model) }
+            #[test] fn stops_cleanly() { super::stops_cleanly($model) }
+        }
+    )*};
+}
+
+conformance! {
+    blocking => Model::Blocking,
+    threaded => Model::Threaded,
+    pool => Model::Pool,
+    busy_poll => Model::BusyPoll,
+    select => Model::Select,
+    poll => Model::Poll,
+    epoll => Model::Epoll,
+}
