@@ -1,0 +1,58 @@
+//! `iomux`: serve every I/O model, talk to it, and benchmark them side by side.
+//!
+//! * `iomux serve --model epoll` serves the default protocol (every byte back,
+//!   ASCII letters upper-cased) with one model;
+//! * `iomux client` is the lessons' client: interactive, piped, or bulk;
+//! * `iomux bench` starts every model in turn and measures them in one run.
+//!
+//! Errors are one line on stderr, `iomux: error: ...`, and a non-zero exit.
+
+mod bench;
+mod client;
+mod control;
+mod peer_tokio;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Every classic network I/O model behind one protocol handler, served and
+/// measured side by side.
+#[derive(Parser, Debug)]
+#[command(name = "iomux", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a protocol with one I/O model until interrupted (Ctrl-C).
+    Serve(serve::ServeArgs),
+    /// Talk to a server: interactive, piped stdin, or bulk (--repeat).
+    Client(client::ClientArgs),
+    /// Run every model side by side and report throughput, latency, CPU,
+    /// syscalls and memory.
+    Bench(bench::BenchArgs),
+    /// The tokio peer server the bench compares against (used by `bench --peers`).
+    #[command(hide = true)]
+    PeerTokio(peer_tokio::PeerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Client(args) => client::run(args),
+        Command::Bench(args) => bench::run(args).map(|_| ()),
+        Command::PeerTokio(args) => peer_tokio::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iomux: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -233,6 +233,8 @@ pub struct Counters {
     pub send_calls: AtomicU64,
     /// Selector waits (readiness models only).
     pub wait_calls: AtomicU64,
+    /// Calls that changed the selector's kernel interest set (`epoll_ctl`).
+    pub ctl_calls: AtomicU64,
     /// Output bytes pending now, over all connections.
     pub pending_output: AtomicU64,
     /// The most output bytes any one connection ever had pending.
@@ -266,6 +268,7 @@ impl Counters {
             recv_calls: g(&self.recv_calls),
             send_calls: g(&self.send_calls),
             wait_calls: g(&self.wait_calls),
+            ctl_calls: g(&self.ctl_calls),
             pending_output: g(&self.pending_output),
             peak_conn_output: g(&self.peak_conn_output),
         }
@@ -286,6 +289,7 @@ pub struct Snapshot {
     pub recv_calls: u64,
     pub send_calls: u64,
     pub wait_calls: u64,
+    pub ctl_calls: u64,
     pub pending_output: u64,
     pub peak_conn_output: u64,
 }

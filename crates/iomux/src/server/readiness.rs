@@ -105,9 +105,13 @@ impl Loop<'_> {
                 .accept_paused_until
                 .map(|t| t.saturating_duration_since(Instant::now()));
             self.selector.select(&mut events, timeout)?;
+            let stats = self.selector.stats();
             self.counters
                 .wait_calls
-                .store(self.selector.stats().wait_calls, Ordering::Relaxed);
+                .store(stats.wait_calls, Ordering::Relaxed);
+            self.counters
+                .ctl_calls
+                .store(stats.ctl_calls, Ordering::Relaxed);
             self.resume_accept_if_due()?;
             for event in events.iter() {
                 match event.token() {

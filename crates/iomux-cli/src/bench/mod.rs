@@ -1,0 +1,833 @@
+//! `iomux bench`: every model side by side, in one run.
+//!
+//! For each model and each connection count the bench starts a fresh server
+//! as a child process of this binary, pinned to CPU 0 (when the machine has
+//! two or more), with the load generator pinned to the other CPUs. It runs
+//! three kinds of measurement:
+//!
+//! 1. **closed loop** (`--conns`): as many round trips as the server answers:
+//!    throughput and latency;
+//! 2. **paced** (`--rate` over `--paced-conns`): the same offered load for
+//!    every model, so that server CPU per round trip is comparable; at full
+//!    load a faster server just polls more often and still shows a busy core;
+//! 3. **idle** (`--idle-conns` for `--idle-secs`): the CPU a server burns
+//!    doing nothing, and **memory per idle connection** at `--mem-conns`.
+//!
+//! Server CPU comes from the server's own `getrusage` (microseconds, all
+//! threads), read through its control channel at the window's edges, as do
+//! its counters (recv, send, wait and ctl calls). Memory comes from
+//! `/proc/PID/status`.
+
+pub mod load;
+mod plot;
+mod report;
+mod server;
+
+use std::io::IsTerminal;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iomux::protocol::Protocol;
+use iomux::server::Model;
+use serde::Serialize;
+
+use load::{LoadSpec, Probe};
+use server::{ServerProc, Stats};
+
+/// Flags of `iomux bench`, as typed.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Models to run, comma-separated (see `iomux serve --help`), or `all`.
+    #[arg(long, default_value = "all")]
+    pub models: String,
+    /// Connection counts for the closed-loop runs, comma-separated.
+    #[arg(long, default_value = "1,100,1000")]
+    pub conns: String,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Messages in flight per connection (pipelining depth).
+    #[arg(long, default_value_t = 1)]
+    pub depth: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 0.4)]
+    pub duration: f64,
+    /// Warm-up seconds before each measured window.
+    #[arg(long, default_value_t = 0.15)]
+    pub warmup: f64,
+    /// Rounds of every load configuration; each row reports the median
+    /// round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Total round trips per second of the paced runs; 0 skips them.
+    #[arg(long, default_value_t = 40_000.0)]
+    pub rate: f64,
+    /// Connection counts for the paced runs, comma-separated.
+    #[arg(long, default_value = "100,1000")]
+    pub paced_conns: String,
+    /// Idle connections for the idle-CPU measurement; 0 skips it.
+    #[arg(long, default_value_t = 100)]
+    pub idle_conns: usize,
+    /// Seconds the idle-CPU measurement lasts.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_secs: f64,
+    /// Idle connections for the memory measurement; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub mem_conns: usize,
+    /// A short run: 1 and 100 connections, one round of at most 0.4 s
+    /// windows, 2,000 idle connections for memory, 0.5 s of idle CPU.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also run the peers: a tokio (current_thread) server speaking the
+    /// same protocol, as the idiomatic Rust baseline.
+    #[arg(long)]
+    pub peers: bool,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Workers of the pool model.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+}
+
+/// A server kind the bench can start: one of our models or a peer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// An iomux model.
+    Model(Model),
+    /// The tokio current_thread peer.
+    Tokio,
+}
+
+impl Subject {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Model(m) => m.name(),
+            Subject::Tokio => "tokio",
+        }
+    }
+}
+
+/// The validated bench plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    subjects: Vec<Subject>,
+    conns: Vec<usize>,
+    paced_conns: Vec<usize>,
+    size: usize,
+    depth: usize,
+    duration: Duration,
+    warmup: Duration,
+    rate: f64,
+    idle_conns: usize,
+    idle_time: Duration,
+    mem_conns: usize,
+    workers: usize,
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    /// CPU of the servers and CPUs of the load generator, if pinning.
+    pin: Option<(usize, Vec<usize>)>,
+    /// CPUs this process could run on before pinning.
+    cpus: usize,
+    rounds: usize,
+}
+
+fn parse_list(what: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.trim()
+                .parse()
+                .with_context(|| format!("--{what}: {p:?} is not a whole number"))
+        })
+        .collect()
+}
+
+impl BenchArgs {
+    /// Checks the flags and turns them into a plan.
+    pub fn plan(&self) -> Result<Plan> {
+        let mut subjects = Vec::new();
+        if self.models == "all" {
+            subjects.extend(
+                Model::ALL
+                    .into_iter()
+                    .filter(|m| m.is_supported())
+                    .map(Subject::Model),
+            );
+        } else {
+            for name in self.models.split(',').map(str::trim) {
+                if name == "tokio" {
+                    subjects.push(Subject::Tokio);
+                } else {
+                    let m: Model = name.parse().map_err(anyhow::Error::msg)?;
+                    subjects.push(Subject::Model(m));
+                }
+            }
+        }
+        if self.peers && !subjects.contains(&Subject::Tokio) {
+            subjects.push(Subject::Tokio);
+        }
+        let (mut conns, mut paced_conns) = (
+            parse_list("conns", &self.conns)?,
+            parse_list("paced-conns", &self.paced_conns)?,
+        );
+        let (mut duration, mut warmup, mut idle_secs, mut mem_conns) =
+            (self.duration, self.warmup, self.idle_secs, self.mem_conns);
+        if self.quick {
+            conns.retain(|&c| c <= 100);
+            paced_conns.retain(|&c| c <= 100);
+            duration = duration.min(0.5);
+            warmup = warmup.min(0.1);
+            idle_secs = idle_secs.min(0.5);
+            mem_conns = mem_conns.min(2_000);
+        }
+        if conns.iter().chain(&paced_conns).any(|&c| c == 0) {
+            bail!("connection counts must be at least 1");
+        }
+        if self.size == 0 || self.depth == 0 || self.workers == 0 || self.rounds == 0 {
+            bail!("--size, --depth, --workers and --rounds must be at least 1");
+        }
+        if !(duration > 0.0 && warmup >= 0.0 && idle_secs >= 0.0 && self.rate >= 0.0) {
+            bail!("--duration must be positive; --warmup, --idle-secs and --rate not negative");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pin = (cpus >= 2).then(|| (0, (1..cpus).collect()));
+        Ok(Plan {
+            subjects,
+            conns,
+            paced_conns: if self.rate > 0.0 {
+                paced_conns
+            } else {
+                Vec::new()
+            },
+            size: self.size,
+            depth: self.depth,
+            duration: Duration::from_secs_f64(duration),
+            warmup: Duration::from_secs_f64(warmup),
+            rate: self.rate,
+            idle_conns: self.idle_conns,
+            idle_time: Duration::from_secs_f64(idle_secs),
+            mem_conns,
+            workers: self.workers,
+            json: self.json.clone(),
+            plot: self.plot.clone(),
+            pin,
+            cpus,
+            rounds: if self.quick { 1 } else { self.rounds },
+        })
+    }
+}
+
+/// One closed-loop or paced run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRow {
+    /// Model or peer.
+    pub model: String,
+    /// "closed" or "paced".
+    pub shape: &'static str,
+    /// Connections.
+    pub conns: usize,
+    /// Offered round trips/s (paced only).
+    pub rate: Option<f64>,
+    /// Why the run did not happen, or what went wrong.
+    pub status: Option<String>,
+    /// Round trips per second.
+    pub rt_per_s: f64,
+    /// Reply megabytes per second.
+    pub mb_per_s: f64,
+    /// Latency percentiles in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Server CPU seconds per million round trips.
+    pub cpu_s_per_mrt: f64,
+    /// Server CPU use over the window, in cores.
+    pub server_cores: f64,
+    /// Selector waits per round trip.
+    pub waits_per_rt: Option<f64>,
+    /// Counted syscalls (recv, send, wait, ctl) per round trip.
+    pub syscalls_per_rt: Option<f64>,
+    /// Peak resident memory of the server, bytes.
+    pub peak_rss: u64,
+    /// Resident memory per connection above the idle server's, bytes.
+    pub rss_per_conn: f64,
+    /// Errors the load generator saw (wrong or missing bytes, resets).
+    pub errors: u64,
+    /// Paced messages that found every connection busy.
+    pub late: u64,
+    /// Rounds measured; the row is their median (see `--rounds`).
+    pub rounds: usize,
+    /// Server CPU per round trip divided by the tokio peer's at the same
+    /// load (with `--peers`).
+    pub cpu_vs_tokio: Option<f64>,
+}
+
+/// CPU burned with idle connections.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleRow {
+    /// Model or peer.
+    pub model: String,
+    /// Idle connections held.
+    pub conns: usize,
+    /// Why it was not measured.
+    pub status: Option<String>,
+    /// Server CPU over the idle window, percent of one core.
+    pub cpu_pct: f64,
+}
+
+/// Memory per idle connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemRow {
+    /// Model or peer.
+    pub model: String,
+    /// Connections held.
+    pub conns: usize,
+    /// Why it was not measured.
+    pub status: Option<String>,
+    /// Resident bytes before the connections.
+    pub rss_before: u64,
+    /// Resident bytes with them.
+    pub rss_after: u64,
+    /// The difference per connection.
+    pub bytes_per_conn: f64,
+}
+
+/// Everything one `iomux bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Machine and settings.
+    pub setup: Setup,
+    /// Closed-loop and paced runs.
+    pub runs: Vec<RunRow>,
+    /// Idle CPU.
+    pub idle: Vec<IdleRow>,
+    /// Memory per idle connection.
+    pub memory: Vec<MemRow>,
+}
+
+/// The conditions of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Setup {
+    /// CPUs available.
+    pub cpus: usize,
+    /// Server CPU, if pinned.
+    pub server_cpu: Option<usize>,
+    /// Message size.
+    pub size: usize,
+    /// Pipelining depth.
+    pub depth: usize,
+    /// Measured seconds per run.
+    pub duration_s: f64,
+    /// Rounds of each load configuration.
+    pub rounds: usize,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+/// Why `subject` cannot take `conns` connections, if it cannot: reported,
+/// not run.
+fn cannot_take(subject: Subject, conns: usize, workers: usize) -> Option<String> {
+    match subject {
+        Subject::Model(Model::Blocking) if conns > 1 => {
+            Some("serialized: serves one client at a time".into())
+        }
+        Subject::Model(Model::Pool) if conns > workers => Some(format!(
+            "queued: {workers} workers, each held by one connection"
+        )),
+        // The server's own fds (stdio, listener, stop pipe) come first.
+        Subject::Model(Model::Select)
+            if conns + 16
+                > iomux::selector::Backend::Select
+                    .fd_limit()
+                    .unwrap_or(usize::MAX) =>
+        {
+            Some("refused: fd limit (FD_SETSIZE 1024)".into())
+        }
+        Subject::Model(Model::Threaded) if conns > iomux::server::Config::default().max_conns => {
+            Some("refused: over its thread limit".into())
+        }
+        _ => None,
+    }
+}
+
+fn server_args(subject: Subject, plan: &Plan) -> Vec<String> {
+    let mut args: Vec<String> = match subject {
+        Subject::Model(m) => vec![
+            "serve".into(),
+            "--model".into(),
+            m.name().into(),
+            "--workers".into(),
+            plan.workers.to_string(),
+            "--max-conns".into(),
+            "20000".into(),
+        ],
+        Subject::Tokio => vec!["peer-tokio".into()],
+    };
+    args.extend(["--addr".into(), "127.0.0.1:0".into(), "--control".into()]);
+    if let Some((cpu, _)) = &plan.pin {
+        args.extend(["--pin-cpu".into(), cpu.to_string()]);
+    }
+    args
+}
+
+/// Samples the server's counters at the edges of the measured window.
+struct WindowProbe<'a> {
+    server: &'a mut ServerProc,
+    start: Option<(Stats, Instant)>,
+    end: Option<(Stats, Instant)>,
+    failure: Option<String>,
+}
+
+impl Probe for WindowProbe<'_> {
+    fn window_start(&mut self) {
+        match self.server.stats() {
+            Ok(s) => self.start = Some((s, Instant::now())),
+            Err(e) => self.failure = Some(format!("server stats: {e}")),
+        }
+    }
+    fn window_end(&mut self) {
+        match self.server.stats() {
+            Ok(s) => self.end = Some((s, Instant::now())),
+            Err(e) => self.failure = Some(format!("server stats: {e}")),
+        }
+    }
+}
+
+fn delta(a: &Stats, b: &Stats, k: &str) -> f64 {
+    (b.get(k).copied().unwrap_or(0) as f64) - (a.get(k).copied().unwrap_or(0) as f64)
+}
+
+fn empty_row(
+    subject: Subject,
+    shape: &'static str,
+    conns: usize,
+    rate: Option<f64>,
+    status: String,
+) -> RunRow {
+    RunRow {
+        model: subject.name().into(),
+        shape,
+        conns,
+        rate,
+        status: Some(status),
+        rt_per_s: 0.0,
+        mb_per_s: 0.0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        p999_us: 0.0,
+        cpu_s_per_mrt: 0.0,
+        server_cores: 0.0,
+        waits_per_rt: None,
+        syscalls_per_rt: None,
+        peak_rss: 0,
+        rss_per_conn: 0.0,
+        errors: 0,
+        late: 0,
+        rounds: 1,
+        cpu_vs_tokio: None,
+    }
+}
+
+fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
+    let shape = if rate.is_some() { "paced" } else { "closed" };
+    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    let (rss_idle, _) = server.memory()?;
+    let spec = LoadSpec {
+        addr: server.addr,
+        conns,
+        size: plan.size,
+        depth: plan.depth,
+        duration: plan.duration,
+        warmup: plan.warmup,
+        rate,
+        protocol: Protocol::Upper,
+    };
+    let mut probe = WindowProbe {
+        server: &mut server,
+        start: None,
+        end: None,
+        failure: None,
+    };
+    let result = load::run(&spec, &mut probe)?;
+    let (start, end, failure) = (probe.start.take(), probe.end.take(), probe.failure.take());
+    let (rss_now, peak_rss) = server.memory()?;
+    server.stop()?;
+    let (Some((s0, _)), Some((s1, _))) = (start, end) else {
+        return Ok(empty_row(
+            subject,
+            shape,
+            conns,
+            rate,
+            failure.unwrap_or_else(|| "no measured window".into()),
+        ));
+    };
+    let secs = result.elapsed.as_secs_f64().max(1e-9);
+    let rts = result.round_trips as f64;
+    let per_rt = |x: f64| if rts > 0.0 { Some(x / rts) } else { None };
+    let cpu_s = delta(&s0, &s1, "cpu_us") / 1e6;
+    let is_model = matches!(subject, Subject::Model(_));
+    let syscalls = ["recv_calls", "send_calls", "wait_calls", "ctl_calls"]
+        .iter()
+        .map(|k| delta(&s0, &s1, k))
+        .sum::<f64>();
+    let h = &result.latency_ns;
+    let mut status = failure;
+    if result.errors > 0 {
+        status = Some(format!(
+            "{} errors: {}",
+            result.errors,
+            result.error_samples.join("; ")
+        ));
+    }
+    Ok(RunRow {
+        model: subject.name().into(),
+        shape,
+        conns,
+        rate,
+        status,
+        rt_per_s: rts / secs,
+        mb_per_s: result.bytes as f64 / secs / 1e6,
+        p50_us: h.value_at_quantile(0.50) as f64 / 1e3,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
+        cpu_s_per_mrt: per_rt(cpu_s * 1e6).unwrap_or(0.0),
+        server_cores: cpu_s / secs,
+        waits_per_rt: if is_model {
+            per_rt(delta(&s0, &s1, "wait_calls"))
+        } else {
+            None
+        },
+        syscalls_per_rt: if is_model { per_rt(syscalls) } else { None },
+        peak_rss,
+        rss_per_conn: rss_now.saturating_sub(rss_idle) as f64 / conns as f64,
+        errors: result.errors,
+        late: result.late,
+        rounds: 1,
+        cpu_vs_tokio: None,
+    })
+}
+
+fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        v.push(TcpStream::connect(addr).with_context(|| format!("idle connection #{i}"))?);
+        if i % 64 == 63 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(v)
+}
+
+fn run_idle(subject: Subject, plan: &Plan) -> Result<IdleRow> {
+    let conns = plan.idle_conns;
+    if let Some(reason) = cannot_take(subject, conns, plan.workers) {
+        return Ok(IdleRow {
+            model: subject.name().into(),
+            conns,
+            status: Some(reason),
+            cpu_pct: 0.0,
+        });
+    }
+    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    let held = connect_idle(server.addr, conns)?;
+    server.wait_accepted(conns as u64, Duration::from_secs(10))?;
+    let c0 = server.stats()?;
+    let t0 = Instant::now();
+    std::thread::sleep(plan.idle_time);
+    let c1 = server.stats()?;
+    let secs = t0.elapsed().as_secs_f64();
+    drop(held);
+    server.stop()?;
+    Ok(IdleRow {
+        model: subject.name().into(),
+        conns,
+        status: None,
+        cpu_pct: delta(&c0, &c1, "cpu_us") / 1e6 / secs * 100.0,
+    })
+}
+
+fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
+    let conns = plan.mem_conns;
+    let row = |status: String| MemRow {
+        model: subject.name().into(),
+        conns,
+        status: Some(status),
+        rss_before: 0,
+        rss_after: 0,
+        bytes_per_conn: 0.0,
+    };
+    if let Some(reason) = cannot_take(subject, conns, plan.workers) {
+        return Ok(row(reason));
+    }
+    if subject == Subject::Model(Model::BusyPoll) {
+        return Ok(row("skipped: polls every connection on every pass".into()));
+    }
+    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    // One connection first, so first-use allocations are in the baseline.
+    let warm = connect_idle(server.addr, 1)?;
+    server.wait_accepted(1, Duration::from_secs(10))?;
+    let (before, _) = server.memory()?;
+    let held = connect_idle(server.addr, conns)?;
+    let got = server.wait_accepted(conns as u64 + 1, Duration::from_secs(30))?;
+    let (after, _) = server.memory()?;
+    drop((warm, held));
+    server.stop()?;
+    if got < conns as u64 + 1 {
+        return Ok(row(format!(
+            "only {} of {conns} connections accepted",
+            got.saturating_sub(1)
+        )));
+    }
+    Ok(MemRow {
+        model: subject.name().into(),
+        conns,
+        status: None,
+        rss_before: before,
+        rss_after: after,
+        bytes_per_conn: after.saturating_sub(before) as f64 / conns as f64,
+    })
+}
+
+/// Raises this process's soft fd limit to its hard limit: the load
+/// generator holds one fd per connection.
+fn raise_fd_limit() -> Result<u64> {
+    let (_, hard) = iomux::sys::nofile_limit()?;
+    let lim = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
+    // one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("raising RLIMIT_NOFILE");
+    }
+    Ok(hard)
+}
+
+/// What identifies a load configuration: subject, shape, connections.
+type RunKey = (Subject, &'static str, usize);
+
+/// One measurement to make.
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    Load {
+        subject: Subject,
+        conns: usize,
+        rate: Option<f64>,
+    },
+    Idle(Subject),
+    Memory(Subject),
+}
+
+/// The order of the measurements. Every load configuration runs all its
+/// subjects back to back, `rounds` times over: on a shared machine the cost
+/// of a cross-core wake-up drifts by 2x over minutes (seen on this project's
+/// 2-vCPU VMs), and subjects measured seconds apart see the same machine.
+/// Memory runs come last: opening and closing 10,000 connections is the
+/// heaviest thing the bench does to the kernel.
+fn schedule(plan: &Plan) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let loads = plan
+        .conns
+        .iter()
+        .map(|&c| (c, None))
+        .chain(plan.paced_conns.iter().map(|&c| (c, Some(plan.rate))));
+    for (conns, rate) in loads {
+        for _ in 0..plan.rounds {
+            for &subject in &plan.subjects {
+                jobs.push(Job::Load {
+                    subject,
+                    conns,
+                    rate,
+                });
+            }
+        }
+    }
+    if plan.idle_conns > 0 {
+        jobs.extend(plan.subjects.iter().map(|&s| Job::Idle(s)));
+    }
+    if plan.mem_conns > 0 {
+        jobs.extend(plan.subjects.iter().map(|&s| Job::Memory(s)));
+    }
+    jobs
+}
+
+/// The round to report among several of one configuration: the median by
+/// server CPU per round trip for paced runs (the figure they exist for), by
+/// round trips per second for closed ones. Rows that failed are reported
+/// as they are, so a failure in any round shows.
+fn pick_median(mut rows: Vec<RunRow>) -> RunRow {
+    if let Some(bad) = rows.iter().position(|r| r.status.is_some() || r.errors > 0) {
+        let mut row = rows.swap_remove(bad);
+        row.rounds = rows.len() + 1;
+        return row;
+    }
+    let paced = rows[0].rate.is_some();
+    rows.sort_by(|a, b| {
+        let (x, y) = if paced {
+            (a.cpu_s_per_mrt, b.cpu_s_per_mrt)
+        } else {
+            (a.rt_per_s, b.rt_per_s)
+        };
+        x.total_cmp(&y)
+    });
+    let n = rows.len();
+    let mut row = rows.swap_remove(n / 2);
+    row.rounds = n;
+    row
+}
+
+/// Sets each row's CPU per round trip as a ratio to the tokio peer's at
+/// the same load, where the peer ran.
+fn add_ratios(runs: &mut [RunRow]) {
+    let peer: Vec<(&'static str, usize, f64)> = runs
+        .iter()
+        .filter(|r| r.model == Subject::Tokio.name() && r.status.is_none() && r.cpu_s_per_mrt > 0.0)
+        .map(|r| (r.shape, r.conns, r.cpu_s_per_mrt))
+        .collect();
+    for r in runs
+        .iter_mut()
+        .filter(|r| r.status.is_none() && r.rt_per_s > 0.0)
+    {
+        if let Some(&(_, _, base)) = peer.iter().find(|p| p.0 == r.shape && p.1 == r.conns) {
+            r.cpu_vs_tokio = Some(r.cpu_s_per_mrt / base);
+        }
+    }
+}
+
+/// Runs the plan, printing progress to stderr and the report to stdout.
+pub fn run(args: &BenchArgs) -> Result<Report> {
+    let plan = args.plan()?;
+    let fd_limit = raise_fd_limit()?;
+    if let Some((_, load_cpus)) = &plan.pin {
+        iomux::sys::pin_to_cpus(load_cpus).context("pinning the load generator")?;
+    }
+    let jobs = schedule(&plan);
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(jobs.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let mut report = Report {
+        setup: Setup {
+            cpus: plan.cpus,
+            server_cpu: plan.pin.as_ref().map(|p| p.0),
+            size: plan.size,
+            depth: plan.depth,
+            duration_s: plan.duration.as_secs_f64(),
+            rounds: plan.rounds,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .into(),
+        },
+        runs: Vec::new(),
+        idle: Vec::new(),
+        memory: Vec::new(),
+    };
+    // Rounds of each (subject, shape, conns), in the order first seen.
+    let mut rounds: Vec<(RunKey, Vec<RunRow>)> = Vec::new();
+    for job in jobs {
+        let what = match job {
+            Job::Load {
+                subject,
+                conns,
+                rate,
+            } => format!(
+                "{} {} {conns}",
+                subject.name(),
+                if rate.is_some() { "paced" } else { "closed" }
+            ),
+            Job::Idle(s) => format!("{} idle {}", s.name(), plan.idle_conns),
+            Job::Memory(s) => format!("{} memory {}", s.name(), plan.mem_conns),
+        };
+        if bar.is_hidden() {
+            eprintln!("bench: {what} connections");
+        }
+        bar.set_message(what);
+        match job {
+            Job::Load {
+                subject,
+                conns,
+                rate,
+            } => {
+                let shape = if rate.is_some() { "paced" } else { "closed" };
+                let needed = (conns as u64) + 64;
+                let row = if let Some(reason) = cannot_take(subject, conns, plan.workers) {
+                    empty_row(subject, shape, conns, rate, reason)
+                } else if needed > fd_limit {
+                    empty_row(
+                        subject,
+                        shape,
+                        conns,
+                        rate,
+                        format!("needs {needed} fds; RLIMIT_NOFILE is {fd_limit}"),
+                    )
+                } else {
+                    run_load(subject, &plan, conns, rate).unwrap_or_else(|e| {
+                        empty_row(subject, shape, conns, rate, format!("failed: {e:#}"))
+                    })
+                };
+                let key = (subject, shape, conns);
+                match rounds.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(row),
+                    None => rounds.push((key, vec![row])),
+                }
+            }
+            Job::Idle(subject) => report
+                .idle
+                .push(run_idle(subject, &plan).unwrap_or_else(|e| IdleRow {
+                    model: subject.name().into(),
+                    conns: plan.idle_conns,
+                    status: Some(format!("failed: {e:#}")),
+                    cpu_pct: 0.0,
+                })),
+            Job::Memory(subject) => report
+                .memory
+                .push(run_memory(subject, &plan).unwrap_or_else(|e| MemRow {
+                    model: subject.name().into(),
+                    conns: plan.mem_conns,
+                    status: Some(format!("failed: {e:#}")),
+                    rss_before: 0,
+                    rss_after: 0,
+                    bytes_per_conn: 0.0,
+                })),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Report by subject, then shape, then connections.
+    rounds.sort_by_key(|((subject, shape, conns), _)| {
+        let i = plan.subjects.iter().position(|s| s == subject);
+        (i, *shape != "closed", *conns)
+    });
+    report.runs = rounds
+        .into_iter()
+        .map(|(_, rows)| pick_median(rows))
+        .collect();
+    add_ratios(&mut report.runs);
+    print!("{}", report::table(&report));
+    if let Some(path) = &plan.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: JSON written to {}", path.display());
+    }
+    if let Some(dir) = &plan.plot {
+        let files = plot::write_all(&report, dir)?;
+        eprintln!("bench: charts written: {}", files.join(", "));
+    }
+    Ok(report)
+}

@@ -1,0 +1,316 @@
+//! The `iomux` binary end to end: serve, client and bench as a user runs
+//! them, on loopback ports the OS assigns.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IOMUX: &str = env!("CARGO_BIN_EXE_iomux");
+
+fn iomux(args: &[&str]) -> Output {
+    Command::new(IOMUX)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running iomux")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failed run with exactly one `iomux: error:` line containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}",
+        out.status
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected, got: {err}");
+    assert!(err.starts_with("iomux: error: "), "{err}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A server child, stopped by closing its stdin (`--control`) and killed
+/// (by its own PID) only if a test fails before that.
+struct Served {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    addr: SocketAddr,
+    first_line: String,
+}
+
+impl Served {
+    fn start(model: &str, extra: &[&str]) -> Served {
+        let mut child = Command::new(IOMUX)
+            .args([
+                "serve",
+                "--model",
+                model,
+                "--addr",
+                "127.0.0.1:0",
+                "--control",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting iomux serve");
+        let stdin = child.stdin.take();
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .unwrap();
+        let addr = first_line
+            .split_whitespace()
+            .last()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+        Served {
+            child,
+            stdin,
+            addr,
+            first_line,
+        }
+    }
+
+    /// Closes stdin and waits (bounded) for a clean exit.
+    fn stop(mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "server exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `iomux client` with `input` piped to its stdin.
+fn client_piped(addr: SocketAddr, input: &[u8]) -> Output {
+    let mut child = Command::new(IOMUX)
+        .args(["client", "--addr", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+#[test]
+fn bad_model_is_a_usage_error() {
+    let out = iomux(&["serve", "--model", "kqueue-please"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown model"), "{err}");
+    assert!(err.contains("epoll"), "the error lists the models: {err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn zero_workers_is_refused() {
+    let out = iomux(&["serve", "--workers", "0", "--addr", "127.0.0.1:0"]);
+    assert_one_line_error(&out, "workers must be at least 1");
+}
+
+#[test]
+fn busy_port_says_what_to_do() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = iomux(&["serve", "--addr", &addr]);
+    assert_one_line_error(&out, &format!("address {addr} is in use"));
+    assert!(stderr(&out).contains("port 0"));
+}
+
+#[test]
+fn client_without_server_says_what_to_do() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let out = iomux(&["client", "--addr", &addr]);
+    assert_one_line_error(&out, "nothing is listening");
+    assert!(stderr(&out).contains("iomux serve --addr"));
+}
+
+#[test]
+fn every_model_serves_the_piped_client() {
+    for model in [
+        "auto",
+        "blocking",
+        "threaded",
+        "pool",
+        "busy-poll",
+        "select",
+        "poll",
+        "epoll",
+    ] {
+        let server = Served::start(model, &[]);
+        assert!(
+            server
+                .first_line
+                .starts_with("iomux: serving upper with model "),
+            "{}",
+            server.first_line
+        );
+        let out = client_piped(server.addr, b"hello, World 42\nsecond line\n");
+        assert!(out.status.success(), "{model}: {}", stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "HELLO, WORLD 42\nSECOND LINE\n",
+            "model {model}"
+        );
+        server.stop();
+    }
+}
+
+#[test]
+fn piped_client_carries_a_large_input_intact() {
+    let server = Served::start("epoll", &["--protocol", "echo"]);
+    let input: Vec<u8> = (0..4 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let out = client_piped(server.addr, &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == input, "echoed bytes differ");
+    server.stop();
+}
+
+#[test]
+fn bulk_client_reports_its_rate() {
+    let server = Served::start("poll", &[]);
+    let out = iomux(&[
+        "client",
+        "--addr",
+        &server.addr.to_string(),
+        "--repeat",
+        "500",
+        "--message",
+        "abc",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("500 round trips in "), "{text}");
+    assert!(text.trim_end().ends_with("round trips/s"), "{text}");
+    server.stop();
+}
+
+#[test]
+fn bulk_client_catches_a_wrong_reply() {
+    // An echo server does not upper-case; the client checks for upper.
+    let server = Served::start("epoll", &["--protocol", "echo"]);
+    let out = iomux(&[
+        "client",
+        "--addr",
+        &server.addr.to_string(),
+        "--repeat",
+        "3",
+        "--message",
+        "abc",
+    ]);
+    assert_one_line_error(&out, "round trip 1 of 3: expected \"ABC\", got \"abc\"");
+    server.stop();
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut child = Command::new(IOMUX)
+        .args(["serve", "--model", "epoll", "--addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    // SAFETY: kill with a valid signal number on the PID of our own child,
+    // which has not been reaped yet, so the PID is still ours.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(stderr(&out).contains("stopped after 0 connections"));
+}
+
+#[test]
+fn bench_smoke_measures_every_requested_model() {
+    let json = std::env::temp_dir().join(format!("iomux-bench-{}.json", std::process::id()));
+    let out = Command::new(IOMUX)
+        .args([
+            "bench",
+            "--models",
+            "threaded,epoll,busy-poll,tokio",
+            "--conns",
+            "8",
+            "--paced-conns",
+            "8",
+            "--rate",
+            "2000",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--idle-conns",
+            "10",
+            "--idle-secs",
+            "0.2",
+            "--mem-conns",
+            "50",
+            "--json",
+        ])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    for model in ["threaded", "epoll", "busy-poll", "tokio"] {
+        for shape in ["closed", "paced"] {
+            let row = runs
+                .iter()
+                .find(|r| r["model"] == model && r["shape"] == shape)
+                .unwrap_or_else(|| panic!("no {shape} row for {model}"));
+            assert!(
+                row["status"].is_null(),
+                "{model} {shape}: {}",
+                row["status"]
+            );
+            assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
+            assert_eq!(row["errors"], 0, "{model} {shape}");
+            assert!(row["p99_us"].as_f64().unwrap() > 0.0);
+        }
+        let idle = report["idle"].as_array().unwrap();
+        assert!(idle
+            .iter()
+            .any(|r| r["model"] == model && r["status"].is_null()));
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("epoll") && table.contains("rt/s"), "{table}");
+}
