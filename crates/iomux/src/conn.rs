@@ -44,6 +44,18 @@ use crate::protocol::{Action, Handler};
 use crate::server::Counters;
 use crate::sys;
 
+/// What one read says about input still waiting.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReadState {
+    /// The read filled the buffer (or was interrupted): more may be waiting.
+    Full,
+    /// A short read: the queue was empty at that moment, but an EOF that
+    /// arrived with the data is still to be read (it has no edge of its own).
+    Short,
+    /// `WouldBlock`, or EOF read: nothing more until a new event.
+    Drained,
+}
+
 /// A non-blocking connection's state.
 #[derive(Debug)]
 pub struct Conn<H> {
@@ -111,6 +123,10 @@ impl<H: Handler> Conn<H> {
     ///
     /// `WouldBlock` (a spurious wake-up) is not an error: nothing happens.
     ///
+    /// Returns what the `recv` tells about input still waiting (see
+    /// [`ReadState`]); an edge-triggered driver relies on it, since the kernel
+    /// reports data that arrives after a drain as a new edge.
+    ///
     /// # Errors
     /// The OS error of `recv` or `send`; the connection should be closed
     /// ([`crate::server::is_peer_gone`] tells a reset from other errors).
@@ -119,13 +135,18 @@ impl<H: Handler> Conn<H> {
         scratch: &mut [u8],
         scratch_out: &mut Vec<u8>,
         counters: &Counters,
-    ) -> io::Result<()> {
+    ) -> io::Result<ReadState> {
         Counters::add(&counters.recv_calls, 1);
         let n = match sys::recv(self.fd(), scratch) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadState::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadState::Full),
             Err(e) => return Err(e),
+        };
+        let more = match n {
+            0 => ReadState::Drained,
+            n if n == scratch.len() => ReadState::Full,
+            _ => ReadState::Short,
         };
         scratch_out.clear();
         if n == 0 {
@@ -138,7 +159,7 @@ impl<H: Handler> Conn<H> {
             }
         }
         if scratch_out.is_empty() {
-            return Ok(());
+            return Ok(more);
         }
         let taken = if self.pending() == 0 {
             send(self.fd(), scratch_out, counters)?
@@ -161,7 +182,7 @@ impl<H: Handler> Conn<H> {
                 .peak_conn_output
                 .fetch_max(self.pending() as u64, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(more)
     }
 
     /// One `send` of the unsent output; frees the buffer once it is empty.
@@ -237,7 +258,7 @@ mod tests {
             let _ = peer.write(&msg); // the peer keeps sending...
             let _ = peer.read(&mut sink); // ...and reads a little
             if conn.wants_read(max_output) {
-                conn.on_readable(&mut scratch, &mut out, &counters).unwrap();
+                let _state = conn.on_readable(&mut scratch, &mut out, &counters).unwrap();
             }
             if conn.wants_write() {
                 conn.on_writable(&counters).unwrap();

@@ -330,6 +330,14 @@ impl Event {
         Event { token, flags }
     }
 
+    /// An event with no readiness, for a driver's own bookkeeping.
+    pub(crate) const fn none() -> Event {
+        Event {
+            token: Token(usize::MAX),
+            flags: 0,
+        }
+    }
+
     /// The token the fd was registered with.
     pub fn token(&self) -> Token {
         self.token
@@ -719,8 +727,9 @@ impl Waker {
 
 #[derive(Debug)]
 struct WakerInner {
-    /// Set by `wake`, cleared by the selector before it drains: a wake that
-    /// finds it set knows a wake-up is already on its way and writes nothing.
+    /// Set by `wake`, cleared by the selector after it drains: a wake that
+    /// finds it set knows a wake-up is already on its way (or the selector is
+    /// still draining and returns to its caller next) and writes nothing.
     pending: AtomicBool,
     read: OwnedFd,
     /// `None` where one eventfd serves as both ends.
@@ -765,7 +774,6 @@ impl WakerInner {
     }
 
     fn drain(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut buf = [0u8; 64];
         // An eventfd read resets the counter at once; a pipe may need more.
         while let Ok(n) = crate::sys::read(&self.read, &mut buf) {
@@ -773,5 +781,9 @@ impl WakerInner {
                 break;
             }
         }
+        // Only now: clearing before the read let a wake in between write,
+        // have its write consumed here, and leave `pending` set with nothing
+        // to read, so every later wake was skipped and lost.
+        self.pending.swap(false, Ordering::AcqRel);
     }
 }

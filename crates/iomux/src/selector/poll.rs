@@ -10,8 +10,11 @@
 //!    as an error event.
 //! d) `POLLHUP` (both directions closed) and, on Linux, `POLLRDHUP` (peer shut
 //!    its write side) are reported as read-closed.
-//! e) Oneshot is emulated: a reported oneshot entry's `events` is set to 0
-//!    until it is reregistered. Edge triggering is refused by the front type.
+//! e) Oneshot is emulated: a reported oneshot entry's fd is stored negated
+//!    (`!fd`) until it is reregistered, because poll ignores negative fds
+//!    entirely; zeroing `events` would not do, since `POLLHUP`, `POLLERR` and
+//!    `POLLNVAL` are reported whatever `events` asks. Edge triggering is
+//!    refused by the front type.
 //! f) Deregistering swaps the last entry into the hole, so removal is O(1);
 //!    an fd-to-index map keeps lookups O(1) too.
 
@@ -43,6 +46,15 @@ fn poll_events(interest: Interest) -> libc::c_short {
         ev |= libc::POLLOUT;
     }
     ev
+}
+
+/// The fd of an entry, disarmed (negated) or not.
+fn real_fd(fd: RawFd) -> RawFd {
+    if fd < 0 {
+        !fd
+    } else {
+        fd
+    }
 }
 
 impl Poll {
@@ -90,6 +102,7 @@ impl Sys for Poll {
             .index
             .get(&fd)
             .ok_or(SelectorError::NotRegistered(fd))?;
+        self.fds[i].fd = fd;
         self.fds[i].events = poll_events(interest);
         self.meta[i] = (token, mode);
         Ok(())
@@ -103,7 +116,7 @@ impl Sys for Poll {
         self.fds.swap_remove(i);
         self.meta.swap_remove(i);
         if let Some(moved) = self.fds.get(i) {
-            self.index.insert(moved.fd, i);
+            self.index.insert(real_fd(moved.fd), i);
         }
         Ok(())
     }
@@ -143,7 +156,7 @@ impl Sys for Poll {
             }
             out.push(Event::new(token, flags));
             if mode == Mode::Oneshot {
-                pfd.events = 0;
+                pfd.fd = !pfd.fd;
             }
         }
         Ok(())

@@ -118,7 +118,7 @@ fn step(
 ) -> bool {
     let mut res = Ok(());
     if conn.wants_read(config.max_output) {
-        res = conn.on_readable(scratch, scratch_out, counters);
+        res = conn.on_readable(scratch, scratch_out, counters).map(drop);
     }
     if res.is_ok() && conn.wants_write() {
         res = conn.on_writable(counters);

@@ -22,6 +22,16 @@
 //! * with select, a connection whose fd is at or above `FD_SETSIZE` is closed
 //!   at once and the log says why, once; the server keeps serving the rest.
 //!
+//! With epoll, connections are registered edge-triggered ([`Mode::Edge`]),
+//! as tokio and nginx do: an event comes once per change, and the loop reads
+//! until a short read tells it the socket is drained (at most
+//! [`READS_PER_TURN`] reads per turn, then the connection waits its turn
+//! after the others). Level-triggered epoll puts every reported fd back on
+//! its ready list and polls it again at the next wait, which costs a
+//! `->poll` per fd per wait and lets a connection just served jump ahead of
+//! ones that have waited longer; edge triggering avoids both. select and
+//! poll have no edge mode and stay level-triggered, one read per event.
+//!
 //! Stopping is an event like any other: the [`Stop`] pipe is registered
 //! beside the listener, so the loop never wakes up to check a flag.
 
@@ -30,12 +40,12 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
-use crate::conn::Conn;
+use crate::conn::{Conn, ReadState};
 use crate::protocol::Builtin;
-use crate::selector::{Backend, Event, Events, Interest, Selector, SelectorError, Token};
+use crate::selector::{Backend, Event, Events, Interest, Mode, Selector, SelectorError, Token};
 use crate::sys;
 
 const LISTENER: Token = Token(0);
@@ -48,11 +58,21 @@ const ACCEPTS_PER_EVENT: usize = 128;
 /// Events taken from the selector per wait.
 const EVENTS_PER_WAIT: usize = 1024;
 
+/// Reads of one connection per turn in edge-triggered mode, so a peer that
+/// streams fast cannot keep the loop from the others.
+pub const READS_PER_TURN: usize = 16;
+
 struct Slot {
     conn: Conn<Builtin>,
     /// What the selector watches for now, so unchanged interest costs no
     /// `reregister` (an `epoll_ctl` each).
     interest: Interest,
+    /// Edge-triggered: input may be waiting that no new event will announce
+    /// (the last read filled the buffer, or reading paused for backpressure).
+    maybe_readable: bool,
+    /// The peer's FIN (or an error) was reported: read until EOF even after
+    /// a short read, since the EOF has no edge of its own.
+    peer_closed: bool,
 }
 
 /// The loop's state; `serve` builds it and runs it.
@@ -70,6 +90,11 @@ struct Loop<'a> {
     /// While set, the listener is out of the selector until this instant.
     accept_paused_until: Option<Instant>,
     warned_fd_setsize: bool,
+    /// Edge-triggered (epoll) or level-triggered (select, poll).
+    mode: Mode,
+    /// Connections that used up their reads this turn with input left:
+    /// served again before the next blocking wait.
+    again: Vec<usize>,
 }
 
 pub(super) fn serve(
@@ -93,6 +118,12 @@ pub(super) fn serve(
         scratch_out: Vec::with_capacity(config.read_chunk),
         accept_paused_until: None,
         warned_fd_setsize: false,
+        mode: if backend.supports_edge() {
+            Mode::Edge
+        } else {
+            Mode::Level
+        },
+        again: Vec::new(),
     };
     lp.run()
 }
@@ -101,9 +132,12 @@ impl Loop<'_> {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         loop {
-            let timeout = self
-                .accept_paused_until
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = if self.again.is_empty() {
+                self.accept_paused_until
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             self.selector.select(&mut events, timeout)?;
             let stats = self.selector.stats();
             self.counters
@@ -123,6 +157,9 @@ impl Loop<'_> {
                     Token(t) => self.drive(t - FIRST_CONN, event),
                 }
             }
+            for key in std::mem::take(&mut self.again) {
+                self.drive(key, &Event::none());
+            }
         }
     }
 
@@ -139,15 +176,19 @@ impl Loop<'_> {
                     let _ = stream.set_nodelay(true);
                     let fd = stream.as_raw_fd();
                     let key = self.conns.vacant_key();
-                    match self
-                        .selector
-                        .register(fd, Token(FIRST_CONN + key), Interest::READABLE)
-                    {
+                    match self.selector.register_with_mode(
+                        fd,
+                        Token(FIRST_CONN + key),
+                        Interest::READABLE,
+                        self.mode,
+                    ) {
                         Ok(()) => {
                             let conn = Conn::new(stream, self.config.protocol.handler());
                             self.conns.insert(Slot {
                                 conn,
                                 interest: Interest::READABLE,
+                                maybe_readable: false,
+                                peer_closed: false,
                             });
                         }
                         Err(e) => self.refuse(fd, &e),
@@ -205,17 +246,47 @@ impl Loop<'_> {
     /// Reads, writes, and closes one connection as its event allows.
     fn drive(&mut self, key: usize, event: &Event) {
         let max_output = self.config.max_output;
+        let edge = self.mode == Mode::Edge;
         let Some(slot) = self.conns.get_mut(key) else {
             return; // closed earlier in this batch
         };
-        let conn = &mut slot.conn;
-        let mut res = Ok(());
-        let hint = event.is_readable() || event.is_read_closed() || event.is_error();
-        if hint && conn.wants_read(max_output) {
-            res = conn.on_readable(&mut self.scratch, &mut self.scratch_out, self.counters);
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            slot.maybe_readable = true;
         }
+        if event.is_read_closed() || event.is_error() {
+            slot.peer_closed = true;
+        }
+        let conn = &mut slot.conn;
+        // Level-triggered: one read per event; the selector reports the rest.
+        let reads = if edge { READS_PER_TURN } else { 1 };
+        let (scratch, out, counters) = (&mut self.scratch, &mut self.scratch_out, self.counters);
+        let mut res = read_some(
+            conn,
+            (&mut slot.maybe_readable, slot.peer_closed),
+            reads,
+            max_output,
+            scratch,
+            out,
+            counters,
+        );
         if res.is_ok() && conn.wants_write() && (event.is_writable() || event.is_error()) {
             res = conn.on_writable(self.counters);
+            // Room again after backpressure: input that waited needs no new
+            // edge to be read.
+            if res.is_ok() && edge {
+                res = read_some(
+                    conn,
+                    (&mut slot.maybe_readable, slot.peer_closed),
+                    reads,
+                    max_output,
+                    scratch,
+                    out,
+                    counters,
+                );
+            }
+        }
+        if !edge {
+            slot.maybe_readable = false;
         }
         match res {
             Err(e) => {
@@ -226,6 +297,9 @@ impl Loop<'_> {
             }
             Ok(()) if conn.is_done() => self.close(key),
             Ok(()) => {
+                if edge && slot.maybe_readable && conn.wants_read(max_output) {
+                    self.again.push(key);
+                }
                 let want = match (conn.wants_read(max_output), conn.wants_write()) {
                     (true, true) => Interest::BOTH,
                     (true, false) => Interest::READABLE,
@@ -234,7 +308,11 @@ impl Loop<'_> {
                 };
                 if want != slot.interest {
                     let fd = conn.fd();
-                    match self.selector.reregister(fd, Token(FIRST_CONN + key), want) {
+                    let token = Token(FIRST_CONN + key);
+                    match self
+                        .selector
+                        .reregister_with_mode(fd, token, want, self.mode)
+                    {
                         Ok(()) => slot.interest = want,
                         Err(_) => self.close(key),
                     }
@@ -257,6 +335,29 @@ impl Loop<'_> {
             self.close(key);
         }
     }
+}
+
+/// Up to `reads` reads while input may be waiting and output has room.
+fn read_some(
+    conn: &mut Conn<Builtin>,
+    (maybe_readable, peer_closed): (&mut bool, bool),
+    reads: usize,
+    max_output: usize,
+    scratch: &mut [u8],
+    scratch_out: &mut Vec<u8>,
+    counters: &Counters,
+) -> io::Result<()> {
+    for _ in 0..reads {
+        if !*maybe_readable || !conn.wants_read(max_output) {
+            break;
+        }
+        *maybe_readable = match conn.on_readable(scratch, scratch_out, counters)? {
+            ReadState::Full => true,
+            ReadState::Short => peer_closed,
+            ReadState::Drained => false,
+        };
+    }
+    Ok(())
 }
 
 /// Connections by key, reusing freed keys (so tokens stay small and dense).
