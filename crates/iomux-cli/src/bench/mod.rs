@@ -267,7 +267,7 @@ pub struct RunRow {
     /// Rounds measured; the row is their median (see `--rounds`).
     pub rounds: usize,
     /// Server CPU per round trip divided by the tokio peer's at the same
-    /// load (with `--peers`).
+    /// load, median of the per-round ratios (with `--peers`).
     pub cpu_vs_tokio: Option<f64>,
 }
 
@@ -686,22 +686,31 @@ fn pick_median(mut rows: Vec<RunRow>) -> RunRow {
     row
 }
 
-/// Sets each row's CPU per round trip as a ratio to the tokio peer's at
-/// the same load, where the peer ran.
-fn add_ratios(runs: &mut [RunRow]) {
-    let peer: Vec<(&'static str, usize, f64)> = runs
+/// Each configuration's CPU per round trip as a ratio to the tokio peer's
+/// at the same load: the median of the per-round ratios. Subjects of one
+/// round run seconds apart, so a ratio within a round cancels most of the
+/// machine's drift, which a ratio of medians over minutes would not.
+fn ratios_to_tokio(rounds: &[(RunKey, Vec<RunRow>)]) -> Vec<Option<f64>> {
+    let ok = |r: &RunRow| r.status.is_none() && r.errors == 0 && r.cpu_s_per_mrt > 0.0;
+    rounds
         .iter()
-        .filter(|r| r.model == Subject::Tokio.name() && r.status.is_none() && r.cpu_s_per_mrt > 0.0)
-        .map(|r| (r.shape, r.conns, r.cpu_s_per_mrt))
-        .collect();
-    for r in runs
-        .iter_mut()
-        .filter(|r| r.status.is_none() && r.rt_per_s > 0.0)
-    {
-        if let Some(&(_, _, base)) = peer.iter().find(|p| p.0 == r.shape && p.1 == r.conns) {
-            r.cpu_vs_tokio = Some(r.cpu_s_per_mrt / base);
-        }
-    }
+        .map(|((_, shape, conns), rows)| {
+            let (_, peer) = rounds
+                .iter()
+                .find(|((s, sh, c), _)| *s == Subject::Tokio && sh == shape && c == conns)?;
+            let mut per_round: Vec<f64> = rows
+                .iter()
+                .zip(peer)
+                .filter(|(a, b)| ok(a) && ok(b))
+                .map(|(a, b)| a.cpu_s_per_mrt / b.cpu_s_per_mrt)
+                .collect();
+            if per_round.is_empty() {
+                return None;
+            }
+            per_round.sort_by(f64::total_cmp);
+            Some(per_round[per_round.len() / 2])
+        })
+        .collect()
 }
 
 /// Runs the plan, printing progress to stderr and the report to stdout.
@@ -814,11 +823,15 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let i = plan.subjects.iter().position(|s| s == subject);
         (i, *shape != "closed", *conns)
     });
+    let ratios = ratios_to_tokio(&rounds);
     report.runs = rounds
         .into_iter()
-        .map(|(_, rows)| pick_median(rows))
+        .zip(ratios)
+        .map(|((_, rows), ratio)| RunRow {
+            cpu_vs_tokio: ratio,
+            ..pick_median(rows)
+        })
         .collect();
-    add_ratios(&mut report.runs);
     print!("{}", report::table(&report));
     if let Some(path) = &plan.json {
         let text = serde_json::to_string_pretty(&report)?;
