@@ -260,7 +260,7 @@ fn many_sockets_only_ready_reported(backend: Backend) {
         1000
     };
     let want = 2 * n as u64 + 64;
-    if !ensure_fd_limit(want).0 {
+    if !ensure_fd_limit(want) {
         eprintln!("{backend}: skipped: RLIMIT_NOFILE hard limit is below {want}");
         return;
     }
@@ -628,7 +628,7 @@ suite!(epoll, Backend::Epoll);
 #[test]
 fn select_refuses_fd_past_fd_setsize() {
     let _guard = high_fds();
-    if !ensure_fd_limit(1031).0 {
+    if !ensure_fd_limit(1031) {
         eprintln!(
             "select_refuses_fd_past_fd_setsize: skipped: the RLIMIT_NOFILE hard \
              limit is below 1031, so no fd can be placed at 1030"
@@ -679,23 +679,9 @@ fn select_refuses_fd_past_fd_setsize() {
 }
 
 /// Raises the soft RLIMIT_NOFILE to at least `want` if the hard limit
-/// allows; returns (whether it is now at least `want`, the soft limit).
-fn ensure_fd_limit(want: u64) -> (bool, u64) {
-    let (soft, hard) = iomux::sys::nofile_limit().unwrap();
-    if soft >= want {
-        return (true, soft);
-    }
-    if hard < want {
-        return (false, soft);
-    }
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
-    // one needs no privilege.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    (rc == 0, want)
+/// allows; whether it now is.
+fn ensure_fd_limit(want: u64) -> bool {
+    iomux::sys::raise_nofile_limit(Some(want)).is_ok_and(|soft| soft >= want)
 }
 
 #[test]

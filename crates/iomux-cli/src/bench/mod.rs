@@ -597,22 +597,6 @@ fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
     })
 }
 
-/// Raises this process's soft fd limit to its hard limit: the load
-/// generator holds one fd per connection.
-fn raise_fd_limit() -> Result<u64> {
-    let (_, hard) = iomux::sys::nofile_limit()?;
-    let lim = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
-    // one needs no privilege.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("raising RLIMIT_NOFILE");
-    }
-    Ok(hard)
-}
-
 /// What identifies a load configuration: subject, shape, connections.
 type RunKey = (Subject, &'static str, usize);
 
@@ -716,7 +700,8 @@ fn ratios_to_tokio(rounds: &[(RunKey, Vec<RunRow>)]) -> Vec<Option<f64>> {
 /// Runs the plan, printing progress to stderr and the report to stdout.
 pub fn run(args: &BenchArgs) -> Result<Report> {
     let plan = args.plan()?;
-    let fd_limit = raise_fd_limit()?;
+    // The load generator holds one fd per connection.
+    let fd_limit = iomux::sys::raise_nofile_limit(None).context("raising RLIMIT_NOFILE")?;
     if let Some((_, load_cpus)) = &plan.pin {
         iomux::sys::pin_to_cpus(load_cpus).context("pinning the load generator")?;
     }

@@ -75,6 +75,30 @@ struct Slot {
     peer_closed: bool,
 }
 
+impl Slot {
+    /// Up to `reads` reads while input may be waiting and output has room.
+    fn read_some(
+        &mut self,
+        reads: usize,
+        max_output: usize,
+        scratch: &mut [u8],
+        scratch_out: &mut Vec<u8>,
+        counters: &Counters,
+    ) -> io::Result<()> {
+        for _ in 0..reads {
+            if !self.maybe_readable || !self.conn.wants_read(max_output) {
+                break;
+            }
+            self.maybe_readable = match self.conn.on_readable(scratch, scratch_out, counters)? {
+                ReadState::Full => true,
+                ReadState::Short => self.peer_closed,
+                ReadState::Drained => false,
+            };
+        }
+        Ok(())
+    }
+}
+
 /// The loop's state; `serve` builds it and runs it.
 struct Loop<'a> {
     config: &'a Config,
@@ -256,38 +280,22 @@ impl Loop<'_> {
         if event.is_read_closed() || event.is_error() {
             slot.peer_closed = true;
         }
-        let conn = &mut slot.conn;
         // Level-triggered: one read per event; the selector reports the rest.
         let reads = if edge { READS_PER_TURN } else { 1 };
         let (scratch, out, counters) = (&mut self.scratch, &mut self.scratch_out, self.counters);
-        let mut res = read_some(
-            conn,
-            (&mut slot.maybe_readable, slot.peer_closed),
-            reads,
-            max_output,
-            scratch,
-            out,
-            counters,
-        );
-        if res.is_ok() && conn.wants_write() && (event.is_writable() || event.is_error()) {
-            res = conn.on_writable(self.counters);
+        let mut res = slot.read_some(reads, max_output, scratch, out, counters);
+        if res.is_ok() && slot.conn.wants_write() && (event.is_writable() || event.is_error()) {
+            res = slot.conn.on_writable(counters);
             // Room again after backpressure: input that waited needs no new
             // edge to be read.
             if res.is_ok() && edge {
-                res = read_some(
-                    conn,
-                    (&mut slot.maybe_readable, slot.peer_closed),
-                    reads,
-                    max_output,
-                    scratch,
-                    out,
-                    counters,
-                );
+                res = slot.read_some(reads, max_output, scratch, out, counters);
             }
         }
         if !edge {
             slot.maybe_readable = false;
         }
+        let conn = &mut slot.conn;
         match res {
             Err(e) => {
                 if is_peer_gone(&e) {
@@ -335,29 +343,6 @@ impl Loop<'_> {
             self.close(key);
         }
     }
-}
-
-/// Up to `reads` reads while input may be waiting and output has room.
-fn read_some(
-    conn: &mut Conn<Builtin>,
-    (maybe_readable, peer_closed): (&mut bool, bool),
-    reads: usize,
-    max_output: usize,
-    scratch: &mut [u8],
-    scratch_out: &mut Vec<u8>,
-    counters: &Counters,
-) -> io::Result<()> {
-    for _ in 0..reads {
-        if !*maybe_readable || !conn.wants_read(max_output) {
-            break;
-        }
-        *maybe_readable = match conn.on_readable(scratch, scratch_out, counters)? {
-            ReadState::Full => true,
-            ReadState::Short => peer_closed,
-            ReadState::Drained => false,
-        };
-    }
-    Ok(())
 }
 
 /// Connections by key, reusing freed keys (so tokens stay small and dense).

@@ -121,6 +121,28 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to at least `want`, or as far as the
+/// hard limit allows when `want` is `None`; never lowers it. Returns the
+/// soft limit now in force.
+///
+/// # Errors
+/// The OS error of `getrlimit` or `setrlimit`.
+pub fn raise_nofile_limit(want: Option<u64>) -> io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    let target = want.unwrap_or(hard).min(hard);
+    if soft >= target {
+        return Ok(soft);
+    }
+    let lim = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard
+    // one needs no privilege.
+    unsafe { syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))? };
+    Ok(target)
+}
+
 /// Number of open file descriptors of this process (entries of /proc/self/fd).
 #[cfg(target_os = "linux")]
 pub fn open_fd_count() -> io::Result<usize> {
