@@ -19,7 +19,7 @@ pub fn format_stats(counters: &Counters) -> String {
     let cpu_us = iomux::sys::process_cpu_time().map_or(0, |d| d.as_micros() as u64);
     format!(
         "stats accepted={} refused={} closed={} resets={} accept_errors={} bytes_in={} bytes_out={} \
-         recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} cpu_us={}",
+         recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} idle_closed={} offloaded={} stalls={} cpu_us={}",
         s.accepted,
         s.refused,
         s.closed,
@@ -33,6 +33,9 @@ pub fn format_stats(counters: &Counters) -> String {
         s.ctl_calls,
         s.pending_output,
         s.peak_conn_output,
+        s.idle_closed,
+        s.offloaded,
+        s.stalls,
         cpu_us
     )
 }

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -14,15 +15,34 @@ use iomux::server::{Config, Counters, Model, Stop};
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// The I/O model: auto (the best this platform has), blocking, threaded,
-    /// pool, busy-poll, select, poll or epoll.
+    /// pool, busy-poll, select, poll, epoll or coroutine.
     #[arg(long, default_value = "auto")]
     pub model: Model,
     /// Address to listen on; port 0 lets the OS pick a free port.
     #[arg(long, default_value = "127.0.0.1:1688")]
     pub addr: SocketAddr,
-    /// Protocol: upper (every byte back, ASCII letters upper-cased) or echo.
+    /// Protocol: upper (every byte back, ASCII letters upper-cased), echo,
+    /// or slow-upper (upper that burns --work-ms of CPU per line).
     #[arg(long, default_value = "upper")]
     pub protocol: Protocol,
+    /// slow-upper: milliseconds of CPU work per line received.
+    #[arg(long)]
+    pub work_ms: Option<u32>,
+    /// Run the handler on a pool of --offload-threads threads, so a slow
+    /// handler cannot stall the loop (select, poll, epoll).
+    #[arg(long)]
+    pub offload: bool,
+    /// Threads of the --offload pool.
+    #[arg(long, default_value_t = 4)]
+    pub offload_threads: usize,
+    /// Close connections idle longer than this (e.g. 30s, 500ms; select,
+    /// poll, epoll). Default: never.
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long connections may take to receive the
+    /// output already produced before they are closed (select, poll, epoll).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain_timeout: Duration,
     /// Worker threads of the pool model.
     #[arg(long, default_value_t = Config::default().workers)]
     pub workers: usize,
@@ -62,10 +82,11 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread it
-/// starts later), and starts a thread that waits for them with `sigwait`
-/// and gives `stop`. No handler code runs in signal context.
-fn stop_on_signals(stop: Stop) -> Result<()> {
+/// Blocks SIGINT and SIGTERM in this thread and so in every thread it
+/// starts later: until something takes them (a `sigwait` thread, or the
+/// loop's signal watchers, which unblock them), they wait as pending
+/// instead of killing the process.
+fn block_stop_signals() -> Result<libc::sigset_t> {
     // SAFETY: an all-zero sigset_t is valid storage; sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid storage for a signal set; the signal numbers are valid.
@@ -79,6 +100,12 @@ fn stop_on_signals(stop: Stop) -> Result<()> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc)).context("blocking SIGINT and SIGTERM");
     }
+    Ok(set)
+}
+
+/// Starts a thread that waits for SIGINT or SIGTERM with `sigwait` and
+/// gives `stop`. No handler code runs in signal context.
+fn stop_on_signals(set: libc::sigset_t, stop: Stop) -> Result<()> {
     std::thread::Builder::new()
         .name("iomux-signals".into())
         .spawn(move || {
@@ -95,17 +122,71 @@ fn stop_on_signals(stop: Stop) -> Result<()> {
     Ok(())
 }
 
+/// Parses `30s`, `500ms`, `2m`, or a number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a duration of zero or more"))
+}
+
+/// Checks the flags that only some models or protocols take.
+fn check_flags(args: &ServeArgs) -> Result<Protocol> {
+    let model = args.model;
+    let readiness = model.backend().is_some();
+    let protocol = match (args.protocol, args.work_ms) {
+        (Protocol::SlowUpper(_), Some(ms)) => Protocol::SlowUpper(ms),
+        (p, None) => p,
+        (p, Some(_)) => bail!("--work-ms is for --protocol slow-upper, not {p}"),
+    };
+    let only_readiness = [
+        ("--offload", args.offload),
+        ("--idle-timeout", args.idle_timeout.is_some()),
+    ];
+    for (flag, given) in only_readiness {
+        if given && !readiness {
+            bail!("{flag} needs an event-loop model (select, poll or epoll); {model} does not run on the reactor");
+        }
+    }
+    Ok(protocol)
+}
+
 /// Runs `iomux serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let model = args.model;
     if !model.is_supported() {
         bail!("model {model} is not available on this platform; use --model auto");
     }
+    let protocol = check_flags(args)?;
+    // The readiness models drain on SIGINT/SIGTERM in their own loop; the
+    // others stop through a sigwait thread.
+    let loop_catches_signals = model.backend().is_some();
     let config = Config {
-        protocol: args.protocol,
+        protocol,
         workers: args.workers,
         max_conns: args.max_conns,
         max_output: args.max_output,
+        idle_timeout: args.idle_timeout,
+        drain_timeout: args.drain_timeout,
+        offload_threads: if args.offload {
+            args.offload_threads
+        } else {
+            0
+        },
+        catch_signals: loop_catches_signals,
         ..Config::default()
     };
     config
@@ -116,15 +197,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     iomux::sys::ignore_sigpipe().context("ignoring SIGPIPE")?;
     let stop = Stop::new().context("creating the stop pipe")?;
-    stop_on_signals(stop.clone())?;
+    let set = block_stop_signals()?;
+    if !loop_catches_signals {
+        stop_on_signals(set, stop.clone())?;
+    }
     let listener = bind(args.addr)?;
     iomux::sys::set_listen_backlog(&listener, BACKLOG).context("setting the listen backlog")?;
     let addr = listener.local_addr()?;
     // The bench reads the address as the last word of this line.
-    println!(
-        "iomux: serving {} with model {model} on {addr}",
-        args.protocol
-    );
+    println!("iomux: serving {protocol} with model {model} on {addr}");
     let counters = Arc::new(Counters::default());
     if args.control {
         let (c, s) = (counters.clone(), stop.clone());
@@ -138,8 +219,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if !args.control {
         let s = counters.snapshot();
         eprintln!(
-            "iomux: stopped after {} connections ({} refused), {} bytes in, {} bytes out",
-            s.accepted, s.refused, s.bytes_in, s.bytes_out
+            "iomux: stopped after {} connections ({} refused, {} closed idle), {} bytes in, {} bytes out",
+            s.accepted, s.refused, s.idle_closed, s.bytes_in, s.bytes_out
         );
     }
     Ok(())

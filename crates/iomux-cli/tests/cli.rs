@@ -233,10 +233,12 @@ fn bulk_client_catches_a_wrong_reply() {
     server.stop();
 }
 
-#[test]
-fn sigterm_stops_the_server_cleanly() {
+/// Starts `iomux serve` on 127.0.0.1:0 with stdout piped; returns it and
+/// the address from its first line.
+fn spawn_serve(extra: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(IOMUX)
-        .args(["serve", "--model", "epoll", "--addr", "127.0.0.1:0"])
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -246,14 +248,34 @@ fn sigterm_stops_the_server_cleanly() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("127.0.0.1:"), "{line}");
+    let addr = line
+        .split_whitespace()
+        .last()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, addr)
+}
+
+/// Sends SIGTERM to our own child.
+fn sigterm(child: &Child) {
     // SAFETY: kill with a valid signal number on the PID of our own child,
     // which has not been reaped yet, so the PID is still ours.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
-    assert!(stderr(&out).contains("stopped after 0 connections"));
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    for model in ["epoll", "threaded", "coroutine"] {
+        let (child, _) = spawn_serve(&["--model", model]);
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{model}: {:?}", out.status);
+        assert!(
+            stderr(&out).contains("stopped after 0 connections"),
+            "{model}"
+        );
+    }
 }
 
 #[test]
@@ -313,4 +335,63 @@ fn bench_smoke_measures_every_requested_model() {
     }
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("epoll") && table.contains("rt/s"), "{table}");
+}
+
+#[test]
+fn sigterm_with_busy_clients_drains_and_exits_zero() {
+    let (child, addr) = spawn_serve(&["--model", "epoll", "--drain-timeout", "3s"]);
+    // Busy clients: round trips back to back, every reply checked, until
+    // the server ends the connection (bounded in count).
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut trips = 0u32;
+                let mut reply = [0; 5];
+                for _ in 0..1_000_000 {
+                    if s.write_all(b"busy\n").is_err() || s.read_exact(&mut reply).is_err() {
+                        break;
+                    }
+                    assert_eq!(&reply, b"BUSY\n", "a reply was corrupted");
+                    trips += 1;
+                }
+                trips
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let err = stderr(&out);
+    assert!(err.contains("SIGTERM received: draining"), "{err}");
+    for c in clients {
+        assert!(c.join().unwrap() > 0, "a client made no round trip");
+    }
+}
+
+#[test]
+fn flags_for_other_models_or_protocols_are_refused() {
+    let out = iomux(&[
+        "serve",
+        "--model",
+        "threaded",
+        "--offload",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert_one_line_error(&out, "--offload needs an event-loop model");
+    let out = iomux(&["serve", "--work-ms", "5", "--addr", "127.0.0.1:0"]);
+    assert_one_line_error(&out, "--work-ms is for --protocol slow-upper");
+    let out = iomux(&[
+        "serve",
+        "--idle-timeout",
+        "3 parsecs",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));
 }

@@ -56,11 +56,24 @@ pub enum ReadState {
     Drained,
 }
 
+/// What one [`Conn::recv_input`] got.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// `n` bytes are at the start of the scratch buffer; the state says
+    /// whether more may wait.
+    Data(usize, ReadState),
+    /// The peer closed its sending side (the handler has not been told).
+    Eof,
+    /// Nothing to read now (`WouldBlock`, `EINTR`).
+    Nothing(ReadState),
+}
+
 /// A non-blocking connection's state.
 #[derive(Debug)]
 pub struct Conn<H> {
     stream: TcpStream,
-    handler: H,
+    /// `None` while the handler is away on another thread ([`Conn::take_handler`]).
+    handler: Option<H>,
     /// Output the kernel has not taken yet; `out[sent..]` is unsent.
     out: Vec<u8>,
     sent: usize,
@@ -75,7 +88,7 @@ impl<H: Handler> Conn<H> {
     pub fn new(stream: TcpStream, handler: H) -> Conn<H> {
         Conn {
             stream,
-            handler,
+            handler: Some(handler),
             out: Vec::new(),
             sent: 0,
             read_closed: false,
@@ -102,7 +115,7 @@ impl<H: Handler> Conn<H> {
     /// the handler has not asked to close, and its unsent output is below
     /// `max_output`.
     pub fn wants_read(&self, max_output: usize) -> bool {
-        !self.read_closed && !self.closing && self.pending() < max_output
+        !self.read_closed && !self.closing && self.pending() < max_output && self.handler.is_some()
     }
 
     /// Whether output is waiting for the socket to become writable.
@@ -113,7 +126,119 @@ impl<H: Handler> Conn<H> {
     /// Whether the connection is finished: the peer or the handler ended it
     /// and every byte has been sent. The driver closes it now.
     pub fn is_done(&self) -> bool {
-        (self.read_closed || self.closing) && self.pending() == 0
+        (self.read_closed || self.closing) && self.pending() == 0 && self.handler.is_some()
+    }
+
+    /// Lends the handler out, to run it on another thread: until
+    /// [`put_handler`](Self::put_handler), the connection is not read
+    /// ([`wants_read`](Self::wants_read) is false) and never done.
+    pub fn take_handler(&mut self) -> Option<H> {
+        self.handler.take()
+    }
+
+    /// Sends a FIN after the output already queued in the kernel: the peer
+    /// reads everything, then EOF. For a lingering close (see
+    /// `server::readiness`): closing a socket whose input is unread makes
+    /// the kernel send a reset and drop the output it had not sent yet.
+    ///
+    /// # Errors
+    /// The OS error of `shutdown`.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Whether the peer's EOF has been read.
+    pub fn is_read_closed(&self) -> bool {
+        self.read_closed
+    }
+
+    /// Whether the handler is lent out ([`take_handler`](Self::take_handler)).
+    pub fn handler_lent(&self) -> bool {
+        self.handler.is_none()
+    }
+
+    /// Gives back the handler lent with [`take_handler`](Self::take_handler).
+    pub fn put_handler(&mut self, handler: H) {
+        self.handler = Some(handler);
+    }
+
+    /// One `recv` into `scratch`, without running the handler: for a driver
+    /// that runs the handler elsewhere (offload). An EOF marks the read
+    /// side closed; the caller then calls [`on_eof`](Self::on_eof).
+    ///
+    /// # Errors
+    /// The OS error of `recv`, `WouldBlock` and `EINTR` excluded.
+    pub fn recv_input(&mut self, scratch: &mut [u8], counters: &Counters) -> io::Result<Input> {
+        Counters::add(&counters.recv_calls, 1);
+        match sys::recv(self.fd(), scratch) {
+            Ok(0) => {
+                self.read_closed = true;
+                Ok(Input::Eof)
+            }
+            Ok(n) => {
+                Counters::add(&counters.bytes_in, n as u64);
+                let more = if n == scratch.len() {
+                    ReadState::Full
+                } else {
+                    ReadState::Short
+                };
+                Ok(Input::Data(n, more))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok(Input::Nothing(ReadState::Drained))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Input::Nothing(ReadState::Full)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the handler for its last words after an EOF and sends them.
+    ///
+    /// # Errors
+    /// The OS error of `send`.
+    pub fn on_eof(&mut self, scratch_out: &mut Vec<u8>, counters: &Counters) -> io::Result<()> {
+        scratch_out.clear();
+        if let Some(h) = self.handler.as_mut() {
+            h.on_eof(scratch_out);
+        }
+        self.respond(scratch_out, Action::Continue, counters)
+    }
+
+    /// Sends `reply` at once if nothing is queued before it, and keeps only
+    /// what the kernel did not take; [`Action::Close`] closes the
+    /// connection once everything is sent.
+    ///
+    /// # Errors
+    /// The OS error of `send`.
+    pub fn respond(&mut self, reply: &[u8], action: Action, counters: &Counters) -> io::Result<()> {
+        if action == Action::Close {
+            self.closing = true;
+        }
+        if reply.is_empty() {
+            return Ok(());
+        }
+        let taken = if self.pending() == 0 {
+            send(self.fd(), reply, counters)?
+        } else {
+            0
+        };
+        let rest = &reply[taken..];
+        if !rest.is_empty() {
+            // Drop the sent prefix once it outweighs the unsent rest, so a
+            // peer that reads slowly but steadily cannot grow the buffer past
+            // twice its pending output (plus one reply): the move is
+            // amortised over at least as many bytes sent.
+            if self.sent > 0 && self.sent >= self.pending() {
+                self.out.drain(..self.sent);
+                self.sent = 0;
+            }
+            self.out.extend_from_slice(rest);
+            Counters::add(&counters.pending_output, rest.len() as u64);
+            counters
+                .peak_conn_output
+                .fetch_max(self.pending() as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// One `recv` into `scratch`; feeds what arrived to the handler, which
@@ -136,52 +261,20 @@ impl<H: Handler> Conn<H> {
         scratch_out: &mut Vec<u8>,
         counters: &Counters,
     ) -> io::Result<ReadState> {
-        Counters::add(&counters.recv_calls, 1);
-        let n = match sys::recv(self.fd(), scratch) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadState::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadState::Full),
-            Err(e) => return Err(e),
-        };
-        let more = match n {
-            0 => ReadState::Drained,
-            n if n == scratch.len() => ReadState::Full,
-            _ => ReadState::Short,
+        let (n, more) = match self.recv_input(scratch, counters)? {
+            Input::Data(n, more) => (n, more),
+            Input::Nothing(more) => return Ok(more),
+            Input::Eof => {
+                self.on_eof(scratch_out, counters)?;
+                return Ok(ReadState::Drained);
+            }
         };
         scratch_out.clear();
-        if n == 0 {
-            self.read_closed = true;
-            self.handler.on_eof(scratch_out);
-        } else {
-            Counters::add(&counters.bytes_in, n as u64);
-            if self.handler.on_data(&scratch[..n], scratch_out) == Action::Close {
-                self.closing = true;
-            }
-        }
-        if scratch_out.is_empty() {
-            return Ok(more);
-        }
-        let taken = if self.pending() == 0 {
-            send(self.fd(), scratch_out, counters)?
-        } else {
-            0
+        let action = match self.handler.as_mut() {
+            Some(h) => h.on_data(&scratch[..n], scratch_out),
+            None => unreachable!("a connection whose handler is away is not read"),
         };
-        let rest = &scratch_out[taken..];
-        if !rest.is_empty() {
-            // Drop the sent prefix once it outweighs the unsent rest, so a
-            // peer that reads slowly but steadily cannot grow the buffer past
-            // twice its pending output (plus one reply): the move is
-            // amortised over at least as many bytes sent.
-            if self.sent > 0 && self.sent >= self.pending() {
-                self.out.drain(..self.sent);
-                self.sent = 0;
-            }
-            self.out.extend_from_slice(rest);
-            Counters::add(&counters.pending_output, rest.len() as u64);
-            counters
-                .peak_conn_output
-                .fetch_max(self.pending() as u64, Ordering::Relaxed);
-        }
+        self.respond(scratch_out, action, counters)?;
         Ok(more)
     }
 
@@ -207,10 +300,24 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Closes the socket; output never sent stops counting as pending.
-    pub fn close(self, counters: &Counters) {
+    pub fn close(mut self, counters: &Counters) {
+        self.release_pending(counters);
+    }
+
+    /// Forgets the unsent output (it stops counting as pending): for a
+    /// driver about to drop the connection without [`close`](Self::close).
+    pub fn release_pending(&mut self, counters: &Counters) {
         counters
             .pending_output
             .fetch_sub(self.pending() as u64, Ordering::Relaxed);
+        self.out = Vec::new();
+        self.sent = 0;
+    }
+}
+
+impl<H> AsRawFd for Conn<H> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
     }
 }
 

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`selector`] | readiness multiplexing: select, poll and epoll behind one [`Selector`](selector::Selector) |
 //! | [`protocol`] | the sans-IO [`Handler`](protocol::Handler) every model serves (`upper`, `echo`) |
+//! | [`reactor`] | the event loop: I/O callbacks, timers, signals, posts from other threads, offload; coroutines on top |
 //! | [`conn`] | one non-blocking connection's pending output, bound and half-close state |
 //! | [`server`] | one driver per I/O model, all serving the same handler |
 //! | [`sys`] | the raw syscalls, each turned into `io::Result` |
@@ -31,6 +32,7 @@
 
 pub mod conn;
 pub mod protocol;
+pub mod reactor;
 pub mod selector;
 pub mod server;
 pub mod sys;

@@ -311,4 +311,5 @@ conformance! {
     select => Model::Select,
     poll => Model::Poll,
     epoll => Model::Epoll,
+    coroutine => Model::Coroutine,
 }

@@ -20,9 +20,11 @@ use std::fmt;
 use std::str::FromStr;
 
 mod echo;
+mod slow;
 mod upper;
 
 pub use echo::Echo;
+pub use slow::SlowUpper;
 pub use upper::Upper;
 
 /// What the handler wants after it has seen some input.
@@ -57,17 +59,28 @@ pub enum Protocol {
     Upper,
     /// Every byte back unchanged.
     Echo,
+    /// `upper`, holding the thread for the given milliseconds per line: a
+    /// slow handler (see [`SlowUpper`]).
+    SlowUpper(u32),
 }
 
 impl Protocol {
-    /// Every built-in protocol.
-    pub const ALL: [Protocol; 2] = [Protocol::Upper, Protocol::Echo];
+    /// Every built-in protocol (`slow-upper` with its default work).
+    pub const ALL: [Protocol; 3] = [
+        Protocol::Upper,
+        Protocol::Echo,
+        Protocol::SlowUpper(Protocol::DEFAULT_WORK_MS),
+    ];
+
+    /// Milliseconds per line of `slow-upper` unless told otherwise.
+    pub const DEFAULT_WORK_MS: u32 = 10;
 
     /// The name the CLI uses.
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Upper => "upper",
             Protocol::Echo => "echo",
+            Protocol::SlowUpper(_) => "slow-upper",
         }
     }
 
@@ -76,6 +89,9 @@ impl Protocol {
         match self {
             Protocol::Upper => Builtin::Upper(Upper),
             Protocol::Echo => Builtin::Echo(Echo),
+            Protocol::SlowUpper(ms) => Builtin::SlowUpper(SlowUpper {
+                work: std::time::Duration::from_millis(u64::from(ms)),
+            }),
         }
     }
 
@@ -104,7 +120,7 @@ impl FromStr for Protocol {
         Protocol::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown protocol {s:?}; expected upper or echo"))
+            .ok_or_else(|| format!("unknown protocol {s:?}; expected upper, echo or slow-upper"))
     }
 }
 
@@ -115,6 +131,8 @@ pub enum Builtin {
     Upper(Upper),
     /// See [`Echo`].
     Echo(Echo),
+    /// See [`SlowUpper`].
+    SlowUpper(SlowUpper),
 }
 
 impl Handler for Builtin {
@@ -122,6 +140,7 @@ impl Handler for Builtin {
         match self {
             Builtin::Upper(h) => h.on_data(input, out),
             Builtin::Echo(h) => h.on_data(input, out),
+            Builtin::SlowUpper(h) => h.on_data(input, out),
         }
     }
 
@@ -129,6 +148,7 @@ impl Handler for Builtin {
         match self {
             Builtin::Upper(h) => h.on_eof(out),
             Builtin::Echo(h) => h.on_eof(out),
+            Builtin::SlowUpper(h) => h.on_eof(out),
         }
     }
 }

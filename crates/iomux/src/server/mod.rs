@@ -21,7 +21,13 @@
 //! | [`Model::Threaded`] | `threaded.rs` | a thread per connection, at most `max_conns` |
 //! | [`Model::Pool`] | `pool.rs` | `workers` threads take connections from a queue |
 //! | [`Model::BusyPoll`] | `busy_poll.rs` | non-blocking try-accept / try-recv / try-send in a loop: spins |
-//! | [`Model::Select`], [`Model::Poll`], [`Model::Epoll`] | `readiness.rs` | one thread, one [`Selector`](crate::selector::Selector) |
+//! | [`Model::Select`], [`Model::Poll`], [`Model::Epoll`] | `readiness.rs` | one thread, one [`Reactor`](crate::reactor::Reactor) on that selector |
+//! | [`Model::Coroutine`] | `coroutine.rs` | one thread, async tasks on the reactor ([`crate::reactor::task`]) |
+//!
+//! The reactor models also close idle connections ([`Config::idle_timeout`]),
+//! drain gracefully on stop ([`Config::drain_timeout`]: stop accepting and
+//! reading, send what is already produced, then close), and the readiness
+//! ones can run the handler on an offload pool ([`Config::offload_threads`]).
 
 use std::fmt;
 use std::io;
@@ -38,6 +44,7 @@ use crate::selector::Backend;
 
 mod blocking;
 mod busy_poll;
+mod coroutine;
 mod pool;
 mod readiness;
 mod threaded;
@@ -64,11 +71,13 @@ pub enum Model {
     Poll,
     /// Readiness with `epoll(7)`.
     Epoll,
+    /// Coroutines: async/await tasks on iomux's own executor and reactor.
+    Coroutine,
 }
 
 impl Model {
     /// Every model, in the order the seeds introduce them.
-    pub const ALL: [Model; 7] = [
+    pub const ALL: [Model; 8] = [
         Model::Blocking,
         Model::Threaded,
         Model::Pool,
@@ -76,6 +85,7 @@ impl Model {
         Model::Select,
         Model::Poll,
         Model::Epoll,
+        Model::Coroutine,
     ];
 
     /// The name the CLI uses.
@@ -88,6 +98,7 @@ impl Model {
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Epoll => "epoll",
+            Model::Coroutine => "coroutine",
         }
     }
 
@@ -114,6 +125,15 @@ impl Model {
             Model::Epoll => Some(Backend::Epoll),
             _ => None,
         }
+    }
+
+    /// Whether the model runs on a [`Reactor`](crate::reactor::Reactor),
+    /// and so has idle timeouts, graceful drain and signal handling.
+    pub fn uses_reactor(self) -> bool {
+        matches!(
+            self,
+            Model::Select | Model::Poll | Model::Epoll | Model::Coroutine
+        )
     }
 
     /// Whether the model serves clients concurrently (all but iterative
@@ -166,6 +186,19 @@ pub struct Config {
     pub max_output: usize,
     /// Bytes read per `recv` (the one scratch buffer of a loop, or of a thread).
     pub read_chunk: usize,
+    /// Reactor models: close a connection that has sent nothing and had
+    /// nothing sent to it for this long (slowloris clients). `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Reactor models: on stop, how long connections may take to receive
+    /// the output already produced for them before they are closed anyway.
+    pub drain_timeout: Duration,
+    /// Readiness models: run the handler on this many offload threads, so
+    /// a slow handler cannot stall the loop (0: on the loop thread).
+    pub offload_threads: usize,
+    /// Reactor models: stop gracefully on `SIGINT` and `SIGTERM`, caught by
+    /// the loop itself (a second signal closes everything at once). For a
+    /// process that runs one server: signals belong to the whole process.
+    pub catch_signals: bool,
 }
 
 impl Default for Config {
@@ -176,6 +209,10 @@ impl Default for Config {
             max_conns: 10_000,
             max_output: 256 * 1024,
             read_chunk: 64 * 1024,
+            idle_timeout: None,
+            drain_timeout: Duration::from_secs(1),
+            offload_threads: 0,
+            catch_signals: false,
         }
     }
 }
@@ -203,6 +240,9 @@ impl Config {
         }
         if self.read_chunk == 0 {
             return bad("read_chunk must be at least 1 byte");
+        }
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return bad("idle_timeout must be longer than zero (or off)");
         }
         Ok(())
     }
@@ -239,6 +279,12 @@ pub struct Counters {
     pub pending_output: AtomicU64,
     /// The most output bytes any one connection ever had pending.
     pub peak_conn_output: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Handler calls run on the offload pool.
+    pub offloaded: AtomicU64,
+    /// Callbacks that held the event loop past its stall threshold.
+    pub stalls: AtomicU64,
 }
 
 impl Counters {
@@ -246,6 +292,12 @@ impl Counters {
     #[inline]
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Copies a selector's wait and `epoll_ctl` counts (loop models).
+    pub fn record_selector(&self, stats: crate::selector::Stats) {
+        self.wait_calls.store(stats.wait_calls, Ordering::Relaxed);
+        self.ctl_calls.store(stats.ctl_calls, Ordering::Relaxed);
     }
 
     /// Connections being served now.
@@ -271,6 +323,9 @@ impl Counters {
             ctl_calls: g(&self.ctl_calls),
             pending_output: g(&self.pending_output),
             peak_conn_output: g(&self.peak_conn_output),
+            idle_closed: g(&self.idle_closed),
+            offloaded: g(&self.offloaded),
+            stalls: g(&self.stalls),
         }
     }
 }
@@ -292,6 +347,9 @@ pub struct Snapshot {
     pub ctl_calls: u64,
     pub pending_output: u64,
     pub peak_conn_output: u64,
+    pub idle_closed: u64,
+    pub offloaded: u64,
+    pub stalls: u64,
 }
 
 /// Tells a running server to stop accepting and return.
@@ -402,6 +460,7 @@ pub fn serve(
             let backend = model.backend().expect("readiness model");
             readiness::serve(backend, listener, config, stop, counters)
         }
+        Model::Coroutine => coroutine::serve(listener, config, stop, counters),
     }
 }
 

@@ -32,26 +32,35 @@
 //! ones that have waited longer; edge triggering avoids both. select and
 //! poll have no edge mode and stay level-triggered, one read per event.
 //!
-//! Stopping is an event like any other: the [`Stop`] pipe is registered
-//! beside the listener, so the loop never wakes up to check a flag.
+//! The loop is a [`Reactor`]: the listener, the [`Stop`] pipe, each
+//! connection and each signal is an I/O watcher with a callback; idle
+//! timeouts, the accept back-off and the drain deadline are timers; a
+//! connection's edge-triggered leftovers are served by a check callback at
+//! the end of the turn. Stopping is an event like any other, so the loop
+//! never wakes up to check a flag.
+//!
+//! Stopping drains: the listener closes (no new connections), no
+//! connection is read again, output already produced is sent, and each
+//! connection closes once flushed, or when [`Config::drain_timeout`]
+//! passes. With [`Config::offload_threads`], the handler runs on the
+//! reactor's offload pool: a connection with a job in flight is not read
+//! (its replies stay in order), and the loop keeps serving the others.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
-use crate::conn::{Conn, ReadState};
-use crate::protocol::Builtin;
-use crate::selector::{Backend, Event, Events, Interest, Mode, Selector, SelectorError, Token};
+use crate::conn::{Conn, Input, ReadState};
+use crate::protocol::{Action, Builtin, Handler};
+use crate::reactor::{IoId, Options, Reactor, TimerId};
+use crate::selector::{Backend, Event, Interest, Mode, SelectorError};
 use crate::sys;
 
-const LISTENER: Token = Token(0);
-const STOP: Token = Token(1);
-/// Connection `i` of the slab has token `FIRST_CONN + i`.
-const FIRST_CONN: usize = 2;
 /// Accepts per listener event, so a connection flood cannot starve the
 /// connections already served.
 const ACCEPTS_PER_EVENT: usize = 128;
@@ -64,15 +73,29 @@ pub const READS_PER_TURN: usize = 16;
 
 struct Slot {
     conn: Conn<Builtin>,
+    io: IoId,
+    /// Tells this connection from a later one that reuses its key, for
+    /// timers and offload results that outlive it.
+    serial: u64,
     /// What the selector watches for now, so unchanged interest costs no
-    /// `reregister` (an `epoll_ctl` each).
-    interest: Interest,
+    /// `reregister` (an `epoll_ctl` each); `None` while paused (the handler
+    /// is on the offload pool and no output waits).
+    interest: Option<Interest>,
     /// Edge-triggered: input may be waiting that no new event will announce
     /// (the last read filled the buffer, or reading paused for backpressure).
     maybe_readable: bool,
     /// The peer's FIN (or an error) was reported: read until EOF even after
     /// a short read, since the EOF has no edge of its own.
     peer_closed: bool,
+    /// When the peer last sent, or took, a byte (the loop's cached clock).
+    last_active: Instant,
+    idle_timer: Option<TimerId>,
+    /// Input read while the offload queue was full: handed to the pool
+    /// when a job completes.
+    parked: Option<Vec<u8>>,
+    /// Draining: our FIN is sent; input is read and dropped until the
+    /// peer's EOF, then the socket closes.
+    lingering: bool,
 }
 
 impl Slot {
@@ -99,26 +122,31 @@ impl Slot {
     }
 }
 
-/// The loop's state; `serve` builds it and runs it.
-struct Loop<'a> {
-    config: &'a Config,
-    counters: &'a Counters,
-    selector: Selector,
-    listener: TcpListener,
+/// The loop's state: what every callback is given.
+struct Server {
+    config: Config,
+    counters: Arc<Counters>,
+    listener: Option<TcpListener>,
+    listener_io: Option<IoId>,
+    stop_io: Option<IoId>,
+    /// The listener is paused until this timer fires.
+    accept_paused: Option<TimerId>,
     conns: Slab<Slot>,
+    next_serial: u64,
     /// The one input buffer of the loop.
     scratch: Vec<u8>,
     /// The one output buffer of the loop: replies are built here and sent
     /// at once; only what the kernel refuses is copied into the connection.
     scratch_out: Vec<u8>,
-    /// While set, the listener is out of the selector until this instant.
-    accept_paused_until: Option<Instant>,
     warned_fd_setsize: bool,
     /// Edge-triggered (epoll) or level-triggered (select, poll).
     mode: Mode,
     /// Connections that used up their reads this turn with input left:
-    /// served again before the next blocking wait.
+    /// served again at the end of the turn, before the next blocking wait.
     again: Vec<usize>,
+    /// Connections whose input waits for room in the offload queue.
+    parked: VecDeque<(usize, u64)>,
+    draining: bool,
 }
 
 pub(super) fn serve(
@@ -129,18 +157,79 @@ pub(super) fn serve(
     counters: &Arc<Counters>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let mut selector = Selector::new(backend)?;
-    selector.register(listener.as_raw_fd(), LISTENER, Interest::READABLE)?;
-    selector.register(stop.fd(), STOP, Interest::READABLE)?;
-    let mut lp = Loop {
-        config,
-        counters,
-        selector,
-        listener,
+    let options = Options {
+        backend,
+        events_per_wait: EVENTS_PER_WAIT,
+        offload_threads: config.offload_threads.max(1),
+        offload_queue: 64 * config.offload_threads.max(1),
+        ..Options::default()
+    };
+    let mut reactor: Reactor<Server> = Reactor::new(options)?;
+    let counters_for_stalls = counters.clone();
+    reactor.on_stall({
+        let mut logged = false;
+        move |stall| {
+            Counters::add(&counters_for_stalls.stalls, 1);
+            if !std::mem::replace(&mut logged, true) {
+                eprintln!("iomux: {stall}");
+            }
+        }
+    });
+    let listener_io = reactor.add_io(
+        listener.as_raw_fd(),
+        Interest::READABLE,
+        Mode::Level,
+        |r, s: &mut Server, _| s.accept(r),
+    )?;
+    reactor.set_label(listener_io, "listener");
+    let stop_io = reactor.add_io(
+        stop.fd(),
+        Interest::READABLE,
+        Mode::Level,
+        |r, s: &mut Server, _| {
+            // The pipe stays readable: stop watching it, once is enough.
+            if let Some(io) = s.stop_io.take() {
+                let _ = r.remove_io(io);
+            }
+            s.begin_drain(r);
+        },
+    )?;
+    reactor.set_label(stop_io, "stop");
+    if config.catch_signals {
+        for signo in [libc::SIGINT, libc::SIGTERM] {
+            reactor.add_signal(signo, |r, s: &mut Server, signo| {
+                if s.draining {
+                    eprintln!(
+                        "iomux: {} again: closing {} connections now",
+                        sys::signal::name(signo),
+                        s.conns.len()
+                    );
+                    s.close_all(r);
+                    r.stop();
+                } else {
+                    eprintln!(
+                        "iomux: {} received: draining {} connections (at most {} ms); send it again to close them now",
+                        sys::signal::name(signo),
+                        s.conns.len(),
+                        s.config.drain_timeout.as_millis()
+                    );
+                    s.begin_drain(r);
+                }
+            })?;
+        }
+    }
+    reactor.add_check(|r, s: &mut Server| s.serve_again(r));
+    let mut server = Server {
+        config: *config,
+        counters: counters.clone(),
+        listener: Some(listener),
+        listener_io: Some(listener_io),
+        stop_io: Some(stop_io),
+        accept_paused: None,
         conns: Slab::default(),
+        next_serial: 0,
         scratch: vec![0; config.read_chunk],
         scratch_out: Vec::with_capacity(config.read_chunk),
-        accept_paused_until: None,
         warned_fd_setsize: false,
         mode: if backend.supports_edge() {
             Mode::Edge
@@ -148,48 +237,22 @@ pub(super) fn serve(
             Mode::Level
         },
         again: Vec::new(),
+        parked: VecDeque::new(),
+        draining: false,
     };
-    lp.run()
+    let res = reactor.run(&mut server);
+    server.close_all(&mut reactor);
+    res
 }
 
-impl Loop<'_> {
-    fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
-        loop {
-            let timeout = if self.again.is_empty() {
-                self.accept_paused_until
-                    .map(|t| t.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            self.selector.select(&mut events, timeout)?;
-            let stats = self.selector.stats();
-            self.counters
-                .wait_calls
-                .store(stats.wait_calls, Ordering::Relaxed);
-            self.counters
-                .ctl_calls
-                .store(stats.ctl_calls, Ordering::Relaxed);
-            self.resume_accept_if_due()?;
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    STOP => {
-                        self.close_all();
-                        return Ok(());
-                    }
-                    Token(t) => self.drive(t - FIRST_CONN, event),
-                }
-            }
-            for key in std::mem::take(&mut self.again) {
-                self.drive(key, &Event::none());
-            }
-        }
-    }
-
-    fn accept(&mut self) {
+impl Server {
+    fn accept(&mut self, r: &mut Reactor<Server>) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let lfd = listener.as_raw_fd();
         for _ in 0..ACCEPTS_PER_EVENT {
-            match sys::accept_nonblocking(self.listener.as_raw_fd()) {
+            match sys::accept_nonblocking(lfd) {
                 Ok(stream) => {
                     Counters::add(&self.counters.accepted, 1);
                     if self.conns.len() >= self.config.max_conns {
@@ -200,19 +263,34 @@ impl Loop<'_> {
                     let _ = stream.set_nodelay(true);
                     let fd = stream.as_raw_fd();
                     let key = self.conns.vacant_key();
-                    match self.selector.register_with_mode(
+                    match r.add_io(
                         fd,
-                        Token(FIRST_CONN + key),
                         Interest::READABLE,
                         self.mode,
+                        move |r, s: &mut Server, ev| {
+                            s.drive(r, key, ev);
+                        },
                     ) {
-                        Ok(()) => {
-                            let conn = Conn::new(stream, self.config.protocol.handler());
+                        Ok(io) => {
+                            r.set_label(io, "conn");
+                            let serial = self.next_serial;
+                            self.next_serial += 1;
+                            let idle_timer = self.config.idle_timeout.map(|t| {
+                                r.add_timer(t, move |r, s: &mut Server| {
+                                    s.idle_check(r, key, serial)
+                                })
+                            });
                             self.conns.insert(Slot {
-                                conn,
-                                interest: Interest::READABLE,
+                                conn: Conn::new(stream, self.config.protocol.handler()),
+                                io,
+                                serial,
+                                interest: Some(Interest::READABLE),
                                 maybe_readable: false,
                                 peer_closed: false,
+                                last_active: r.now(),
+                                idle_timer,
+                                parked: None,
+                                lingering: false,
                             });
                         }
                         Err(e) => self.refuse(fd, &e),
@@ -226,9 +304,11 @@ impl Loop<'_> {
                 }
                 Err(_) => {
                     // EMFILE, ENFILE and anything unexpected: retrying now
-                    // would fail the same way. Pause the listener.
+                    // would fail the same way, and level-triggered
+                    // readiness would report the waiting connection again
+                    // at once, forever. Take the listener out for a while.
                     Counters::add(&self.counters.accept_errors, 1);
-                    self.pause_accept();
+                    self.pause_accept(r);
                     return;
                 }
             }
@@ -248,31 +328,31 @@ impl Loop<'_> {
         }
     }
 
-    fn pause_accept(&mut self) {
-        if self.accept_paused_until.is_none()
-            && self.selector.deregister(self.listener.as_raw_fd()).is_ok()
-        {
-            self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+    fn pause_accept(&mut self, r: &mut Reactor<Server>) {
+        let Some(io) = self.listener_io else {
+            return;
+        };
+        if self.accept_paused.is_some() || r.pause_io(io).is_err() {
+            return;
         }
-    }
-
-    fn resume_accept_if_due(&mut self) -> io::Result<()> {
-        match self.accept_paused_until {
-            Some(t) if Instant::now() >= t => {
-                self.accept_paused_until = None;
-                self.selector
-                    .register(self.listener.as_raw_fd(), LISTENER, Interest::READABLE)
+        self.accept_paused = Some(r.add_timer(ACCEPT_BACKOFF, move |r, s: &mut Server| {
+            s.accept_paused = None;
+            // Cannot watch the listener again yet: try after another pause.
+            if r.resume_io(io).is_err() {
+                s.pause_accept(r);
             }
-            _ => Ok(()),
-        }
+        }));
     }
 
     /// Reads, writes, and closes one connection as its event allows.
-    fn drive(&mut self, key: usize, event: &Event) {
+    fn drive(&mut self, r: &mut Reactor<Server>, key: usize, event: Event) {
         let max_output = self.config.max_output;
         let edge = self.mode == Mode::Edge;
+        let offload = self.config.offload_threads > 0;
+        let draining = self.draining;
+        let before = self.counters_progress();
         let Some(slot) = self.conns.get_mut(key) else {
-            return; // closed earlier in this batch
+            return; // closed earlier in this turn
         };
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             slot.maybe_readable = true;
@@ -280,68 +360,327 @@ impl Loop<'_> {
         if event.is_read_closed() || event.is_error() {
             slot.peer_closed = true;
         }
+        if slot.lingering {
+            match Self::discard(slot, &mut self.scratch, edge) {
+                Ok(Some(true)) => self.again.push(key),
+                Ok(Some(false)) => {}
+                Ok(None) | Err(_) => self.close(r, key),
+            }
+            return;
+        }
         // Level-triggered: one read per event; the selector reports the rest.
-        let reads = if edge { READS_PER_TURN } else { 1 };
-        let (scratch, out, counters) = (&mut self.scratch, &mut self.scratch_out, self.counters);
-        let mut res = slot.read_some(reads, max_output, scratch, out, counters);
+        let reads = if draining {
+            0
+        } else if edge {
+            READS_PER_TURN
+        } else {
+            1
+        };
+        let (scratch, out, counters) = (&mut self.scratch, &mut self.scratch_out, &*self.counters);
+        let mut res = if offload {
+            Ok(())
+        } else {
+            slot.read_some(reads, max_output, scratch, out, counters)
+        };
         if res.is_ok() && slot.conn.wants_write() && (event.is_writable() || event.is_error()) {
             res = slot.conn.on_writable(counters);
             // Room again after backpressure: input that waited needs no new
             // edge to be read.
-            if res.is_ok() && edge {
+            if res.is_ok() && edge && !offload {
                 res = slot.read_some(reads, max_output, scratch, out, counters);
             }
         }
+        if res.is_ok() && offload && reads > 0 {
+            res = self.offload_read(r, key);
+        }
+        if self.counters_progress() != before {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.last_active = r.now();
+            }
+        }
+        self.settle(r, key, res);
+    }
+
+    /// Lingering close: reads and drops input. `None` at the peer's EOF;
+    /// else whether input may be left (edge-triggered: serve it again).
+    fn discard(slot: &mut Slot, scratch: &mut [u8], edge: bool) -> io::Result<Option<bool>> {
+        let reads = if edge { READS_PER_TURN } else { 1 };
+        for _ in 0..reads {
+            match sys::recv(slot.conn.fd(), scratch) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(false)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A peer that streams forever is cut off by the drain deadline.
+        Ok(Some(edge))
+    }
+
+    /// Bytes moved so far: a change means the connection was active.
+    fn counters_progress(&self) -> u64 {
+        self.counters.bytes_in.load(Ordering::Relaxed)
+            + self.counters.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// After I/O on a connection: close it, or watch what it needs next.
+    fn settle(&mut self, r: &mut Reactor<Server>, key: usize, res: io::Result<()>) {
+        let max_output = self.config.max_output;
+        let edge = self.mode == Mode::Edge;
+        let draining = self.draining;
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
         if !edge {
             slot.maybe_readable = false;
         }
-        let conn = &mut slot.conn;
+        let conn = &slot.conn;
+        let busy = slot.parked.is_some() || conn.handler_lent();
         match res {
             Err(e) => {
                 if is_peer_gone(&e) {
                     Counters::add(&self.counters.resets, 1);
                 }
-                self.close(key);
+                self.close(r, key);
             }
-            Ok(()) if conn.is_done() => self.close(key),
+            Ok(()) if conn.is_done() => self.close(r, key),
+            Ok(()) if draining && !conn.wants_write() && !busy => {
+                if conn.is_read_closed() || conn.shutdown_write().is_err() {
+                    self.close(r, key);
+                    return;
+                }
+                // Everything is queued in the kernel; closing now, with
+                // the peer's input unread, would reset the connection and
+                // drop what the kernel has not sent yet. Send a FIN and
+                // wait for the peer's (nginx's lingering close).
+                slot.lingering = true;
+                slot.maybe_readable = true;
+                let io = slot.io;
+                let res = r
+                    .modify_io(io, Interest::READABLE)
+                    .and_then(|()| r.resume_io(io));
+                slot.interest = Some(Interest::READABLE);
+                match res.and_then(|()| Self::discard(slot, &mut self.scratch, edge)) {
+                    Ok(Some(true)) => self.again.push(key),
+                    Ok(Some(false)) => {}
+                    Ok(None) | Err(_) => self.close(r, key),
+                }
+            }
             Ok(()) => {
-                if edge && slot.maybe_readable && conn.wants_read(max_output) {
+                let read = !draining && !busy && conn.wants_read(max_output);
+                if edge && read && slot.maybe_readable {
                     self.again.push(key);
                 }
-                let want = match (conn.wants_read(max_output), conn.wants_write()) {
-                    (true, true) => Interest::BOTH,
-                    (true, false) => Interest::READABLE,
-                    (false, true) => Interest::WRITABLE,
-                    (false, false) => unreachable!("a connection that is not done reads or writes"),
+                let want = match (read, conn.wants_write()) {
+                    (true, true) => Some(Interest::BOTH),
+                    (true, false) => Some(Interest::READABLE),
+                    (false, true) => Some(Interest::WRITABLE),
+                    // Waiting for the offload pool with nothing to send:
+                    // watch nothing, or level-triggered unread input would
+                    // be reported at every turn while the job runs.
+                    (false, false) => None,
                 };
                 if want != slot.interest {
-                    let fd = conn.fd();
-                    let token = Token(FIRST_CONN + key);
-                    match self
-                        .selector
-                        .reregister_with_mode(fd, token, want, self.mode)
-                    {
+                    let io = slot.io;
+                    let res = match want {
+                        Some(i) => r.modify_io(io, i).and_then(|()| r.resume_io(io)),
+                        None => r.pause_io(io),
+                    };
+                    match res {
                         Ok(()) => slot.interest = want,
-                        Err(_) => self.close(key),
+                        Err(_) => self.close(r, key),
                     }
                 }
             }
         }
     }
 
-    fn close(&mut self, key: usize) {
-        if let Some(slot) = self.conns.remove(key) {
-            // Leave the selector before the fd closes (epoll quirk b).
-            let _ = self.selector.deregister(slot.conn.fd());
-            slot.conn.close(self.counters);
-            Counters::add(&self.counters.closed, 1);
+    /// Offload: one read, and the handler goes to the pool with the input.
+    fn offload_read(&mut self, r: &mut Reactor<Server>, key: usize) -> io::Result<()> {
+        let max_output = self.config.max_output;
+        let Some(slot) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        if !slot.maybe_readable || !slot.conn.wants_read(max_output) || slot.parked.is_some() {
+            return Ok(());
+        }
+        let input = match slot.conn.recv_input(&mut self.scratch, &self.counters)? {
+            Input::Data(n, more) => {
+                slot.maybe_readable = match more {
+                    ReadState::Full => true,
+                    ReadState::Short => slot.peer_closed,
+                    ReadState::Drained => false,
+                };
+                self.scratch[..n].to_vec()
+            }
+            Input::Nothing(more) => {
+                slot.maybe_readable = more == ReadState::Full;
+                return Ok(());
+            }
+            Input::Eof => {
+                slot.maybe_readable = false;
+                return slot.conn.on_eof(&mut self.scratch_out, &self.counters);
+            }
+        };
+        self.submit(r, key, input);
+        Ok(())
+    }
+
+    /// Hands `input` and the connection's handler to the pool, or parks
+    /// the input if the queue is full.
+    fn submit(&mut self, r: &mut Reactor<Server>, key: usize, input: Vec<u8>) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !matches!(r.offload_room(), Ok(1..)) {
+            // Full: keep the input (at most one read per connection) until
+            // a job completes. Reading this peer stops meanwhile.
+            slot.parked = Some(input);
+            self.parked.push_back((key, slot.serial));
+            return;
+        }
+        let Some(mut handler) = slot.conn.take_handler() else {
+            return;
+        };
+        let serial = slot.serial;
+        let res = r.offload(
+            move || {
+                let mut out = Vec::new();
+                let action = handler.on_data(&input, &mut out);
+                (handler, out, action)
+            },
+            move |r, s: &mut Server, res| s.job_done(r, key, serial, res),
+        );
+        match res {
+            Ok(()) => Counters::add(&self.counters.offloaded, 1),
+            // Cannot happen (room was checked on this thread); if it did,
+            // the handler is gone with the job: end the connection.
+            Err(_) => self.close(r, key),
         }
     }
 
-    fn close_all(&mut self) {
-        for key in 0..self.conns.capacity() {
-            self.close(key);
+    fn job_done(
+        &mut self,
+        r: &mut Reactor<Server>,
+        key: usize,
+        serial: u64,
+        res: std::thread::Result<(Builtin, Vec<u8>, Action)>,
+    ) {
+        // A job completed: there is room for one parked input.
+        while let Some((pkey, pserial)) = self.parked.pop_front() {
+            let Some(slot) = self.conns.get_mut(pkey) else {
+                continue;
+            };
+            if slot.serial != pserial {
+                continue;
+            }
+            if let Some(input) = slot.parked.take() {
+                self.submit(r, pkey, input);
+                break;
+            }
         }
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.serial != serial {
+            return; // closed while its job ran
+        }
+        let res = match res {
+            Ok((handler, out, action)) => {
+                slot.conn.put_handler(handler);
+                slot.last_active = r.now();
+                slot.conn.respond(&out, action, &self.counters)
+            }
+            Err(_) => Err(io::Error::other("the handler panicked on the offload pool")),
+        };
+        // Input may have waited while the handler was away.
+        let res = res.and_then(|()| self.offload_read(r, key));
+        self.settle(r, key, res);
+    }
+
+    /// The check phase: connections with input left after their reads.
+    fn serve_again(&mut self, r: &mut Reactor<Server>) {
+        self.counters.record_selector(r.selector_stats());
+        if self.again.is_empty() {
+            return;
+        }
+        for key in std::mem::take(&mut self.again) {
+            self.drive(r, key, Event::none());
+        }
+        if !self.again.is_empty() {
+            r.request_turn();
+        }
+    }
+
+    fn idle_check(&mut self, r: &mut Reactor<Server>, key: usize, serial: u64) {
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.serial != serial {
+            return;
+        }
+        let idle = r.now().saturating_duration_since(slot.last_active);
+        if idle >= timeout {
+            Counters::add(&self.counters.idle_closed, 1);
+            slot.idle_timer = None;
+            self.close(r, key);
+        } else if let Some(t) = slot.idle_timer {
+            r.reschedule_timer(t, timeout - idle);
+        }
+    }
+
+    /// Stop accepting and reading; close each connection once its output
+    /// is sent, all of them at the drain deadline.
+    fn begin_drain(&mut self, r: &mut Reactor<Server>) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        if let Some(io) = self.listener_io.take() {
+            let _ = r.remove_io(io);
+        }
+        if let Some(t) = self.accept_paused.take() {
+            r.cancel_timer(t);
+        }
+        self.listener = None; // closed: new clients are refused by the kernel
+        r.add_timer(self.config.drain_timeout, |r, s: &mut Server| {
+            s.close_all(r);
+            r.stop();
+        });
+        for key in 0..self.conns.capacity() {
+            if self.conns.get_mut(key).is_some() {
+                self.settle(r, key, Ok(()));
+            }
+        }
+        if self.conns.len() == 0 {
+            r.stop();
+        }
+    }
+
+    fn close(&mut self, r: &mut Reactor<Server>, key: usize) {
+        if let Some(slot) = self.conns.remove(key) {
+            // Leave the selector before the fd closes (epoll quirk b).
+            let _ = r.remove_io(slot.io);
+            if let Some(t) = slot.idle_timer {
+                r.cancel_timer(t);
+            }
+            slot.conn.close(&self.counters);
+            Counters::add(&self.counters.closed, 1);
+        }
+        if self.draining && self.conns.len() == 0 {
+            r.stop();
+        }
+    }
+
+    fn close_all(&mut self, r: &mut Reactor<Server>) {
+        for key in 0..self.conns.capacity() {
+            self.close(r, key);
+        }
+        self.counters.record_selector(r.selector_stats());
     }
 }
 

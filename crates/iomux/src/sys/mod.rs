@@ -25,6 +25,8 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
+pub mod signal;
+
 /// Puts `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFL takes no pointer argument; an invalid fd yields EBADF.

@@ -1,0 +1,730 @@
+//! Coroutines: async/await tasks on a single-thread executor that the
+//! [`Reactor`] drives, the lessons' third remedy (协程).
+//!
+//! A task is a future; it waits for readiness through [`Async`], whose
+//! [`readable`](Async::readable) and [`writable`](Async::writable) futures
+//! complete when the reactor reports the fd ready. The executor is one
+//! [check callback](Reactor::add_check) of the reactor: at the end of each
+//! turn it polls every task the turn's events woke, then applies the
+//! registrations those tasks asked for before the loop waits again.
+//!
+//! * With epoll, each fd is registered once, edge-triggered, for both
+//!   directions (as tokio does): an event sets a readiness flag that stays
+//!   set until the task's I/O returns `WouldBlock` and clears it
+//!   ([`Async::clear_readable`]). No `epoll_ctl` after the first.
+//! * With select and poll (level-triggered), the fd is watched only for the
+//!   directions a task waits on, so a writable socket nobody writes to
+//!   cannot make the loop spin.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use iomux::reactor::task::{spawn, Async, Runtime};
+//! use iomux::reactor::Options;
+//! use std::net::TcpListener;
+//!
+//! let mut rt = Runtime::new(Options::default())?;
+//! rt.block_on(async {
+//!     let listener = Async::new(TcpListener::bind("127.0.0.1:0")?)?;
+//!     for _ in 0..100 {
+//!         let (stream, _) = listener.accept().await?;
+//!         spawn(async move {
+//!             let stream = Async::new(stream).unwrap();
+//!             let mut buf = [0; 4096];
+//!             while let Ok(n @ 1..) = stream.read(&mut buf).await {
+//!                 let reply = buf[..n].to_ascii_uppercase();
+//!                 if stream.write_all(&reply).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//!     Ok::<(), std::io::Error>(())
+//! })??;
+//! # std::io::Result::Ok(())
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use super::{Handle, IoId, Options, Reactor};
+use crate::selector::{Event, Interest, Mode};
+
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+const READ: u8 = 1;
+const WRITE: u8 = 2;
+
+/// One fd's readiness, shared by its [`Async`] and its reactor watcher.
+struct Source {
+    fd: RawFd,
+    /// Readiness seen and not yet consumed (READ | WRITE bits).
+    ready: Cell<u8>,
+    /// The peer hung up or the fd has an error: reads end in EOF or an
+    /// error, which no further edge announces.
+    closed: Cell<bool>,
+    read_waker: RefCell<Option<Waker>>,
+    write_waker: RefCell<Option<Waker>>,
+    /// Level-triggered backends: the directions tasks wait on.
+    wanted: Cell<u8>,
+    /// Level-triggered backends: what the selector watches now.
+    watched: Cell<u8>,
+    id: Cell<Option<IoId>>,
+    dropped: Cell<bool>,
+}
+
+impl Source {
+    fn on_event(&self, event: &Event) {
+        let mut bits = 0;
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            bits |= READ;
+        }
+        if event.is_writable() || event.is_error() {
+            bits |= WRITE;
+        }
+        if event.is_read_closed() || event.is_error() {
+            self.closed.set(true);
+        }
+        self.ready.set(self.ready.get() | bits);
+        if bits & READ != 0 {
+            if let Some(w) = self.read_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        if bits & WRITE != 0 {
+            if let Some(w) = self.write_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready.get() & bit != 0 {
+            return Poll::Ready(());
+        }
+        let slot = if bit == READ {
+            &self.read_waker
+        } else {
+            &self.write_waker
+        };
+        let mut slot = slot.borrow_mut();
+        match &*slot {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+        self.wanted.set(self.wanted.get() | bit);
+        Poll::Pending
+    }
+}
+
+/// What tasks asked of the reactor during a turn, applied by the executor
+/// before the loop waits again.
+#[derive(Default)]
+struct Pending {
+    register: Vec<Rc<Source>>,
+    remove: Vec<IoId>,
+    spawn: Vec<Task>,
+    sleep: Vec<(Instant, Rc<SleepState>)>,
+}
+
+struct Shared {
+    pending: RefCell<Pending>,
+    /// Sources whose wanted set may differ from the watched one (level).
+    sources: RefCell<Vec<std::rc::Weak<Source>>>,
+    edge: bool,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
+}
+
+fn current() -> io::Result<Rc<Shared>> {
+    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| {
+        io::Error::other(
+            "no coroutine runtime on this thread: create Async values and spawn tasks inside Runtime::block_on",
+        )
+    })
+}
+
+/// Task ids woken since the executor last ran, from any thread.
+struct RunQueue {
+    ids: Mutex<Vec<usize>>,
+    handle: Handle<Executor>,
+    loop_thread: ThreadId,
+}
+
+struct TaskWaker {
+    id: usize,
+    queue: Arc<RunQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut ids = self.queue.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.push(self.id);
+        drop(ids);
+        if std::thread::current().id() != self.queue.loop_thread {
+            // The loop may be blocked in its selector: wake it.
+            let _ = self.queue.handle.wake();
+        }
+    }
+}
+
+/// The executor: the tasks and what they asked for. It is the state `C`
+/// of its [`Reactor`]; [`Runtime`] puts the two together.
+pub struct Executor {
+    tasks: Vec<Option<(Task, Waker)>>,
+    free: Vec<usize>,
+    queue: Arc<RunQueue>,
+    shared: Rc<Shared>,
+    scratch: Vec<usize>,
+    live: usize,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("tasks", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Tasks not finished yet.
+    pub fn tasks(&self) -> usize {
+        self.live
+    }
+
+    fn insert(&mut self, task: Task) {
+        let id = self.free.pop().unwrap_or(self.tasks.len());
+        let waker = Waker::from(Arc::new(TaskWaker {
+            id,
+            queue: self.queue.clone(),
+        }));
+        if id == self.tasks.len() {
+            self.tasks.push(Some((task, waker)));
+        } else {
+            self.tasks[id] = Some((task, waker));
+        }
+        self.live += 1;
+        self.queue
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+    }
+
+    /// Polls every woken task, then applies what they asked for. Runs as
+    /// the reactor's check callback, with this runtime made current.
+    fn tick(&mut self, r: &mut Reactor<Executor>) {
+        let _current = Current::enter(&self.shared);
+        self.insert_spawned();
+        std::mem::swap(
+            &mut self.scratch,
+            &mut self.queue.ids.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        let ids = std::mem::take(&mut self.scratch);
+        for &id in &ids {
+            self.poll_task(id);
+        }
+        self.scratch = ids;
+        self.scratch.clear();
+        // Tasks woken or spawned by the tasks just run run in the next
+        // turn, after I/O: a task that wakes itself forever cannot starve
+        // the others, nor the loop.
+        self.insert_spawned();
+        self.apply(r);
+        if !self.queue.ids.lock().map_or(true, |v| v.is_empty()) {
+            r.request_turn();
+        }
+    }
+
+    fn insert_spawned(&mut self) {
+        let spawned = std::mem::take(&mut self.shared.pending.borrow_mut().spawn);
+        for task in spawned {
+            self.insert(task);
+        }
+    }
+
+    fn poll_task(&mut self, id: usize) {
+        let Some(Some((task, waker))) = self.tasks.get_mut(id) else {
+            return; // finished; a stale wake
+        };
+        let mut cx = Context::from_waker(waker);
+        if task.as_mut().poll(&mut cx).is_ready() {
+            // Dropping the task drops its Async values: their removal is
+            // queued in `pending` and applied below.
+            self.tasks[id] = None;
+            self.free.push(id);
+            self.live -= 1;
+        }
+    }
+
+    /// Applies removals first: an fd closed by a finished task may already
+    /// have been reused by an fd a new task registers.
+    fn apply(&mut self, r: &mut Reactor<Executor>) {
+        let pending = std::mem::take(&mut *self.shared.pending.borrow_mut());
+        for id in pending.remove {
+            let _ = r.remove_io(id);
+        }
+        for src in pending.register {
+            if src.dropped.get() {
+                continue;
+            }
+            let (interest, mode) = if self.shared.edge {
+                (Interest::BOTH, Mode::Edge)
+            } else {
+                match interest_of(src.wanted.get()) {
+                    Some(i) => (i, Mode::Level),
+                    None => {
+                        // Nothing awaited yet: register when something is.
+                        self.shared.sources.borrow_mut().push(Rc::downgrade(&src));
+                        continue;
+                    }
+                }
+            };
+            let cb_src = src.clone();
+            match r.add_io(src.fd, interest, mode, move |_, _, ev| cb_src.on_event(&ev)) {
+                Ok(id) => {
+                    r.set_label(id, "async");
+                    src.id.set(Some(id));
+                    if !self.shared.edge {
+                        src.watched.set(src.wanted.get());
+                        self.shared.sources.borrow_mut().push(Rc::downgrade(&src));
+                    }
+                }
+                Err(e) => {
+                    // The fd cannot be watched (select's FD_SETSIZE, ...):
+                    // report it as an error event so its task sees it.
+                    let _ = e;
+                    src.closed.set(true);
+                    src.ready.set(READ | WRITE);
+                    for w in [&src.read_waker, &src.write_waker] {
+                        if let Some(w) = w.borrow_mut().take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+        }
+        for (deadline, state) in pending.sleep {
+            let after = deadline.saturating_duration_since(Instant::now());
+            r.add_timer(after, move |_, _| {
+                state.fired.set(true);
+                if let Some(w) = state.waker.borrow_mut().take() {
+                    w.wake();
+                }
+            });
+        }
+        if !self.shared.edge {
+            self.sync_level(r);
+        }
+    }
+
+    /// Level-triggered backends: watch exactly what tasks wait on.
+    fn sync_level(&mut self, r: &mut Reactor<Executor>) {
+        let mut sources = self.shared.sources.borrow_mut();
+        sources.retain(|weak| {
+            let Some(src) = weak.upgrade() else {
+                return false;
+            };
+            if src.dropped.get() {
+                return false;
+            }
+            // What is ready is not waited on: don't let level-triggered
+            // readiness repeat for a direction nobody reads yet.
+            let want = src.wanted.get() & !src.ready.get();
+            src.wanted.set(want);
+            if want == src.watched.get() {
+                return true;
+            }
+            match (src.id.get(), interest_of(want)) {
+                (Some(id), Some(i)) => {
+                    if r.modify_io(id, i).is_ok() {
+                        src.watched.set(want);
+                    }
+                }
+                (Some(id), None) => {
+                    let _ = r.remove_io(id);
+                    src.id.set(None);
+                    src.watched.set(0);
+                }
+                (None, Some(i)) => {
+                    let cb_src = src.clone();
+                    if let Ok(id) =
+                        r.add_io(src.fd, i, Mode::Level, move |_, _, ev| cb_src.on_event(&ev))
+                    {
+                        src.id.set(Some(id));
+                        src.watched.set(want);
+                    }
+                }
+                (None, None) => {}
+            }
+            true
+        });
+    }
+}
+
+fn interest_of(bits: u8) -> Option<Interest> {
+    match bits & (READ | WRITE) {
+        READ => Some(Interest::READABLE),
+        WRITE => Some(Interest::WRITABLE),
+        0 => None,
+        _ => Some(Interest::BOTH),
+    }
+}
+
+/// Makes a runtime current on this thread while alive.
+struct Current {
+    previous: Option<Rc<Shared>>,
+}
+
+impl Current {
+    fn enter(shared: &Rc<Shared>) -> Current {
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(shared.clone()));
+        Current { previous }
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.with(|c| *c.borrow_mut() = self.previous.take());
+    }
+}
+
+/// A reactor and its executor: where coroutines run.
+pub struct Runtime {
+    reactor: Reactor<Executor>,
+    executor: Executor,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("reactor", &self.reactor)
+            .field("executor", &self.executor)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime on a new reactor.
+    ///
+    /// # Errors
+    /// The reactor's creation error.
+    pub fn new(options: Options) -> io::Result<Runtime> {
+        let mut reactor = Reactor::new(options)?;
+        let edge = reactor.backend().supports_edge();
+        reactor.add_check(|r, exec: &mut Executor| exec.tick(r));
+        let executor = Executor {
+            tasks: Vec::new(),
+            free: Vec::new(),
+            queue: Arc::new(RunQueue {
+                ids: Mutex::new(Vec::new()),
+                handle: reactor.handle(),
+                loop_thread: std::thread::current().id(),
+            }),
+            shared: Rc::new(Shared {
+                pending: RefCell::new(Pending::default()),
+                sources: RefCell::new(Vec::new()),
+                edge,
+            }),
+            scratch: Vec::new(),
+            live: 0,
+        };
+        Ok(Runtime { reactor, executor })
+    }
+
+    /// The reactor, for watchers, timers and signals beside the tasks.
+    pub fn reactor(&mut self) -> &mut Reactor<Executor> {
+        &mut self.reactor
+    }
+
+    /// Adds a task; it runs once the runtime does.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + 'static) {
+        self.executor.insert(Box::pin(task));
+    }
+
+    /// Tasks not finished yet.
+    pub fn tasks(&self) -> usize {
+        self.executor.live
+    }
+
+    /// Runs the loop until `fut` completes, with the other tasks beside it.
+    ///
+    /// # Errors
+    /// The reactor's wait error.
+    pub fn block_on<F: Future + 'static>(&mut self, fut: F) -> io::Result<F::Output> {
+        let out = Rc::new(RefCell::new(None));
+        let slot = out.clone();
+        self.executor.insert(Box::pin(async move {
+            let v = fut.await;
+            *slot.borrow_mut() = Some(v);
+        }));
+        loop {
+            // Tasks are polled in the check phase: make sure a turn comes
+            // without waiting when some are ready.
+            if !self
+                .executor
+                .queue
+                .ids
+                .lock()
+                .map_or(true, |v| v.is_empty())
+                || !self.executor.shared.pending.borrow().spawn.is_empty()
+            {
+                self.reactor.request_turn();
+            }
+            self.reactor.run_once(&mut self.executor, None)?;
+            if let Some(v) = out.borrow_mut().take() {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Tasks drop their Async values, which want the runtime current.
+        let _current = Current::enter(&self.executor.shared);
+        self.executor.tasks.clear();
+    }
+}
+
+/// Starts a task on the current thread's runtime.
+///
+/// # Panics
+/// Outside a [`Runtime`] (there is nothing to run the task).
+pub fn spawn(task: impl Future<Output = ()> + 'static) {
+    let shared = current().expect("spawn needs a running Runtime on this thread");
+    shared.pending.borrow_mut().spawn.push(Box::pin(task));
+}
+
+/// Yields once: the task runs again after the others woken this turn.
+pub async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+struct SleepState {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// Completes `d` from now, on a reactor timer.
+///
+/// # Errors
+/// Outside a runtime.
+pub async fn sleep(d: Duration) -> io::Result<()> {
+    let shared = current()?;
+    let state = Rc::new(SleepState {
+        fired: Cell::new(false),
+        waker: RefCell::new(None),
+    });
+    shared
+        .pending
+        .borrow_mut()
+        .sleep
+        .push((Instant::now() + d, state.clone()));
+    poll_fn(|cx| {
+        if state.fired.get() {
+            Poll::Ready(Ok(()))
+        } else {
+            *state.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// An fd driven by the reactor: I/O on it waits as a future, not a thread.
+#[derive(Debug)]
+pub struct Async<T: AsRawFd> {
+    source: Rc<Source>,
+    io: T,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("fd", &self.fd).finish()
+    }
+}
+
+impl<T: AsRawFd> Async<T> {
+    /// Puts `io` in non-blocking mode and has the reactor watch it from the
+    /// end of this turn.
+    ///
+    /// # Errors
+    /// Outside a runtime; the `fcntl` error.
+    pub fn new(io: T) -> io::Result<Async<T>> {
+        let shared = current()?;
+        let fd = io.as_raw_fd();
+        crate::sys::set_nonblocking(fd, true)?;
+        let source = Rc::new(Source {
+            fd,
+            ready: Cell::new(0),
+            closed: Cell::new(false),
+            read_waker: RefCell::new(None),
+            write_waker: RefCell::new(None),
+            wanted: Cell::new(0),
+            watched: Cell::new(0),
+            id: Cell::new(None),
+            dropped: Cell::new(false),
+        });
+        shared.pending.borrow_mut().register.push(source.clone());
+        Ok(Async { source, io })
+    }
+
+    /// The inner value.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The inner value, mutably. Do not close its fd.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Completes once the fd is readable (or hung up, or in error).
+    pub async fn readable(&self) {
+        poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    /// Completes once the fd is writable (or in error).
+    pub async fn writable(&self) {
+        poll_fn(|cx| self.poll_writable(cx)).await
+    }
+
+    /// The poll form of [`readable`](Self::readable), for waiting on
+    /// several things at once.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.source.poll_ready(READ, cx)
+    }
+
+    /// The poll form of [`writable`](Self::writable).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.source.poll_ready(WRITE, cx)
+    }
+
+    /// Forgets read readiness: call it when a read returned `WouldBlock`
+    /// (or a short read, unless [`is_read_closed`](Self::is_read_closed)).
+    pub fn clear_readable(&self) {
+        self.source.ready.set(self.source.ready.get() & !READ);
+    }
+
+    /// Forgets write readiness: call it when a write returned `WouldBlock`.
+    pub fn clear_writable(&self) {
+        self.source.ready.set(self.source.ready.get() & !WRITE);
+    }
+
+    /// Whether the peer hung up (or the fd is in error): an EOF or error is
+    /// still to be read, and no new event will announce it.
+    pub fn is_read_closed(&self) -> bool {
+        self.source.closed.get()
+    }
+
+    /// Runs `op` once the fd is readable, until it stops returning
+    /// `WouldBlock`.
+    ///
+    /// # Errors
+    /// `op`'s error.
+    pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            self.readable().await;
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_readable(),
+                res => return res,
+            }
+        }
+    }
+
+    /// Runs `op` once the fd is writable, until it stops returning
+    /// `WouldBlock`.
+    ///
+    /// # Errors
+    /// `op`'s error.
+    pub async fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            self.writable().await;
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_writable(),
+                res => return res,
+            }
+        }
+    }
+}
+
+impl Async<TcpListener> {
+    /// Accepts a connection (blocking std sockets are made non-blocking by
+    /// [`Async::new`]).
+    ///
+    /// # Errors
+    /// The accept error.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        self.read_with(|l| l.accept()).await
+    }
+}
+
+impl Async<TcpStream> {
+    /// Reads into `buf`; 0 at EOF.
+    ///
+    /// # Errors
+    /// The read error.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_with(|mut s| s.read(buf)).await
+    }
+
+    /// Writes some of `buf`.
+    ///
+    /// # Errors
+    /// The write error.
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_with(|mut s| s.write(buf)).await
+    }
+
+    /// Writes all of `buf`.
+    ///
+    /// # Errors
+    /// The first write error.
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsRawFd> Drop for Async<T> {
+    /// Queues the watcher's removal; it is applied before any later
+    /// registration, so a reused fd number is never confused with this one.
+    fn drop(&mut self) {
+        self.source.dropped.set(true);
+        if let (Some(id), Ok(shared)) = (self.source.id.get(), current()) {
+            shared.pending.borrow_mut().remove.push(id);
+        }
+    }
+}
