@@ -231,7 +231,7 @@ fn slow_reader_is_bounded(model: Model) {
         config.max_output,
         config.read_chunk
     );
-    if model == Model::BusyPoll || model.backend().is_some() {
+    if model == Model::BusyPoll || model.uses_reactor() {
         // Non-blocking models buffer up to the bound before they stop
         // reading: the check above was really exercised.
         assert!(
