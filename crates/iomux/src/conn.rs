@@ -15,6 +15,10 @@
 //!   read until it drains ([`Conn::wants_read`]): a peer that sends without
 //!   reading cannot grow the server's memory.
 //!
+//! The output rules live in [`Outbox`], which needs no socket: the test
+//! `tests/conn_chunking.rs` and the fuzz target `fuzz/` drive it with any
+//! chunking of the input and any partial sends.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -74,9 +78,8 @@ pub struct Conn<H> {
     stream: TcpStream,
     /// `None` while the handler is away on another thread ([`Conn::take_handler`]).
     handler: Option<H>,
-    /// Output the kernel has not taken yet; `out[sent..]` is unsent.
-    out: Vec<u8>,
-    sent: usize,
+    /// Output the kernel has not taken yet.
+    out: Outbox,
     /// The peer closed its sending side (read returned 0).
     read_closed: bool,
     /// The handler asked to close once its output is sent.
@@ -89,8 +92,7 @@ impl<H: Handler> Conn<H> {
         Conn {
             stream,
             handler: Some(handler),
-            out: Vec::new(),
-            sent: 0,
+            out: Outbox::new(),
             read_closed: false,
             closing: false,
         }
@@ -103,7 +105,7 @@ impl<H: Handler> Conn<H> {
 
     /// Output bytes not yet sent.
     pub fn pending(&self) -> usize {
-        self.out.len() - self.sent
+        self.out.pending()
     }
 
     /// Bytes of memory the connection holds in user space for output.
@@ -217,23 +219,10 @@ impl<H: Handler> Conn<H> {
         if reply.is_empty() {
             return Ok(());
         }
-        let taken = if self.pending() == 0 {
-            send(self.fd(), reply, counters)?
-        } else {
-            0
-        };
-        let rest = &reply[taken..];
-        if !rest.is_empty() {
-            // Drop the sent prefix once it outweighs the unsent rest, so a
-            // peer that reads slowly but steadily cannot grow the buffer past
-            // twice its pending output (plus one reply): the move is
-            // amortised over at least as many bytes sent.
-            if self.sent > 0 && self.sent >= self.pending() {
-                self.out.drain(..self.sent);
-                self.sent = 0;
-            }
-            self.out.extend_from_slice(rest);
-            Counters::add(&counters.pending_output, rest.len() as u64);
+        let fd = self.fd();
+        let queued = self.out.offer(reply, |b| send(fd, b, counters))?;
+        if queued > 0 {
+            Counters::add(&counters.pending_output, queued as u64);
             counters
                 .peak_conn_output
                 .fetch_max(self.pending() as u64, Ordering::Relaxed);
@@ -286,16 +275,11 @@ impl<H: Handler> Conn<H> {
         if self.pending() == 0 {
             return Ok(());
         }
-        let n = send(self.fd(), &self.out[self.sent..], counters)?;
-        self.sent += n;
+        let fd = self.fd();
+        let n = self.out.flush(|b| send(fd, b, counters))?;
         counters
             .pending_output
             .fetch_sub(n as u64, Ordering::Relaxed);
-        if self.pending() == 0 {
-            // Idle connections hold no buffer.
-            self.out = Vec::new();
-            self.sent = 0;
-        }
         Ok(())
     }
 
@@ -310,14 +294,124 @@ impl<H: Handler> Conn<H> {
         counters
             .pending_output
             .fetch_sub(self.pending() as u64, Ordering::Relaxed);
-        self.out = Vec::new();
-        self.sent = 0;
+        self.out = Outbox::new();
     }
 }
 
 impl<H> AsRawFd for Conn<H> {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+}
+
+/// A connection's unsent output: the bookkeeping of [`Conn`] without the
+/// socket, so that it can be tested (and fuzzed) with any "kernel" that takes
+/// an arbitrary number of bytes per send.
+///
+/// It keeps the memory rules of the module: a reply is offered to the
+/// kernel at once when nothing is queued before it, and only the part the
+/// kernel refused is copied in; the sent prefix is dropped once it outweighs
+/// the unsent rest; the buffer is freed as soon as it is flushed. So the
+/// buffer's length stays within twice the unsent output plus one reply, and
+/// an empty outbox holds no memory.
+///
+/// # Examples
+///
+/// ```
+/// use iomux::conn::Outbox;
+///
+/// let mut out = Outbox::new();
+/// // The "kernel" takes 2 bytes of the reply; 3 are queued.
+/// assert_eq!(out.offer(b"HELLO", |b| Ok(b.len().min(2))).unwrap(), 3);
+/// assert_eq!(out.unsent(), b"LLO");
+/// // A later send takes the rest, and the buffer is freed.
+/// assert_eq!(out.flush(|b| Ok(b.len())).unwrap(), 3);
+/// assert_eq!((out.pending(), out.capacity()), (0, 0));
+/// # std::io::Result::Ok(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// `buf[sent..]` is unsent.
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl Outbox {
+    /// An empty outbox; it allocates nothing.
+    pub const fn new() -> Outbox {
+        Outbox {
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    /// Bytes of memory held: 0 whenever nothing is pending.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The bytes queued and not yet sent, oldest first.
+    pub fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..]
+    }
+
+    /// Queues `reply` behind the pending output. If nothing is pending it is
+    /// first given to `send` (one call, which returns how many bytes it
+    /// took, at most those given), and only the rest is copied in. Returns
+    /// the bytes queued.
+    ///
+    /// # Errors
+    /// The error of `send`; nothing is queued then.
+    #[inline]
+    pub fn offer(
+        &mut self,
+        reply: &[u8],
+        send: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if reply.is_empty() {
+            return Ok(0);
+        }
+        let taken = if self.pending() == 0 { send(reply)? } else { 0 };
+        let rest = &reply[taken..];
+        if !rest.is_empty() {
+            // Drop the sent prefix once it outweighs the unsent rest, so a
+            // peer that reads slowly but steadily cannot grow the buffer past
+            // twice its pending output (plus one reply): the move is
+            // amortised over at least as many bytes sent.
+            if self.sent > 0 && self.sent >= self.pending() {
+                self.buf.drain(..self.sent);
+                self.sent = 0;
+            }
+            self.buf.extend_from_slice(rest);
+        }
+        Ok(rest.len())
+    }
+
+    /// Gives the pending output to `send` (one call, none if nothing is
+    /// pending) and forgets what it took (at most what it was given); frees the buffer once it is empty.
+    /// Returns the bytes sent.
+    ///
+    /// # Errors
+    /// The error of `send`; the outbox is unchanged then.
+    #[inline]
+    pub fn flush(&mut self, send: impl FnOnce(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
+        if self.pending() == 0 {
+            return Ok(0);
+        }
+        let n = send(&self.buf[self.sent..])?;
+        debug_assert!(n <= self.pending(), "send took more than it was given");
+        self.sent += n;
+        if self.pending() == 0 {
+            // Idle connections hold no buffer.
+            self.buf = Vec::new();
+            self.sent = 0;
+        }
+        Ok(n)
     }
 }
 

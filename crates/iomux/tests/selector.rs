@@ -7,8 +7,9 @@
 //! Besides the behaviours the selector module documents (one test each, by
 //! the names it cites), each backend runs the error cases (`register_twice_is_refused`,
 //! `unknown_fd_is_not_registered`, `closed_fd_is_refused`), the counters
-//! (`stats_count_waits_events_and_registrations`), and two regressions:
-//! `oneshot_disarmed_ignores_reset` and `waker_survives_concurrent_wakes`.
+//! (`stats_count_waits_events_and_registrations`), and three regressions:
+//! `oneshot_disarmed_ignores_reset`, `waker_survives_concurrent_wakes` and
+//! `full_events_do_not_starve_later_fds`.
 //! `many_sockets_only_ready_reported` watches 1,000 socket pairs on poll and
 //! epoll but 300 on select, whose fds must stay below `FD_SETSIZE` (1024).
 //!
@@ -576,6 +577,37 @@ fn events_capacity_bounds_each_wait(backend: Backend) {
     assert!(!events.is_empty() && events.len() <= 3, "{}", events.len());
 }
 
+/// Ready fds beyond the capacity of `Events` are reported by the next calls,
+/// even while the ones reported first stay ready. (select and poll once
+/// scanned from the lowest fd every time: with capacity 1 and two fds that
+/// stay ready, the second was never reported. Found by the model test
+/// `tests/selector_model.rs`.)
+fn full_events_do_not_starve_later_fds(backend: Backend) {
+    let pairs: Vec<(UnixStream, UnixStream)> =
+        (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+    let mut sel = new(backend);
+    for (i, (ours, peer)) in pairs.iter().enumerate() {
+        sel.register(fd(ours), Token(i), Interest::READABLE)
+            .unwrap();
+        // Level-triggered and never read: all three stay ready.
+        (&*peer).write_all(b"x").unwrap();
+    }
+    for capacity in [1, 2] {
+        let mut events = Events::with_capacity(capacity);
+        let mut seen = BTreeSet::new();
+        for _ in 0..3usize.div_ceil(capacity) {
+            sel.select(&mut events, Some(GENEROUS)).unwrap();
+            assert_eq!(events.len(), capacity, "{backend}: a full buffer");
+            seen.extend(events.iter().map(|e| e.token().0));
+        }
+        assert_eq!(
+            seen,
+            BTreeSet::from([0, 1, 2]),
+            "{backend}, capacity {capacity}: every ready fd reported in turn"
+        );
+    }
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -604,7 +636,8 @@ macro_rules! suite {
                 unknown_fd_is_not_registered,
                 closed_fd_is_refused,
                 stats_count_waits_events_and_registrations,
-                events_capacity_bounds_each_wait
+                events_capacity_bounds_each_wait,
+                full_events_do_not_starve_later_fds
             );
         }
     };

@@ -17,6 +17,10 @@
 //!    refused by the front type.
 //! f) Deregistering swaps the last entry into the hole, so removal is O(1);
 //!    an fd-to-index map keeps lookups O(1) too.
+//! g) The entries are scanned in array order. When the caller's `Events` fill
+//!    up first, the next scan starts where this one stopped, so entries
+//!    beyond the capacity are reported by the next call instead of being
+//!    starved by earlier entries that stay ready.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,6 +39,9 @@ pub(crate) struct Poll {
     /// Parallel to `fds`: the token and mode of each entry.
     meta: Vec<(Token, Mode)>,
     index: HashMap<RawFd, usize>,
+    /// Where the next scan of `fds` starts: the entry after the last one
+    /// reported when the caller's events filled up, else 0.
+    resume: usize,
 }
 
 fn poll_events(interest: Interest) -> libc::c_short {
@@ -63,6 +70,7 @@ impl Poll {
             fds: Vec::new(),
             meta: Vec::new(),
             index: HashMap::new(),
+            resume: 0,
         }
     }
 }
@@ -132,10 +140,18 @@ impl Sys for Poll {
             ))?
         } as usize;
         let mut found = 0;
-        for (pfd, &(token, mode)) in self.fds.iter_mut().zip(&self.meta) {
-            if found == ready || out.len() >= max {
+        let len = self.fds.len();
+        let start = if self.resume < len { self.resume } else { 0 };
+        self.resume = 0;
+        for i in (start..len).chain(0..start) {
+            if found == ready {
                 break;
             }
+            if out.len() >= max {
+                self.resume = i;
+                break;
+            }
+            let (pfd, (token, mode)) = (&mut self.fds[i], self.meta[i]);
             let re = pfd.revents;
             if re == 0 {
                 continue;

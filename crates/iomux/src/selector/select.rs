@@ -17,6 +17,10 @@
 //! e) Oneshot is emulated: a reported oneshot fd leaves the sets until it is
 //!    reregistered. Edge triggering cannot be emulated and is refused by the
 //!    front type.
+//! f) The ready bits are scanned in fd order. When the caller's `Events` fill
+//!    up first, the next scan starts where this one stopped, so fds beyond
+//!    the capacity are reported by the next call instead of being starved by
+//!    lower fds that stay ready.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -43,6 +47,9 @@ pub(crate) struct Select {
     write: libc::fd_set,
     /// Highest registered fd plus one (the `nfds` argument), 0 when empty.
     nfds: usize,
+    /// Where the next scan of the ready bits starts: the fd after the last
+    /// one reported when the caller's events filled up, else 0.
+    resume: usize,
 }
 
 fn empty_set() -> libc::fd_set {
@@ -77,6 +84,7 @@ impl Select {
             read: empty_set(),
             write: empty_set(),
             nfds: 0,
+            resume: 0,
         }
     }
 
@@ -218,8 +226,18 @@ impl Sys for Select {
         };
         let mut found = 0;
         let mut fired = Vec::new();
-        for fd in 0..self.nfds {
-            if found == ready || out.len() >= max {
+        let start = if self.resume < self.nfds {
+            self.resume
+        } else {
+            0
+        };
+        self.resume = 0;
+        for fd in (start..self.nfds).chain(0..start) {
+            if found == ready {
+                break;
+            }
+            if out.len() >= max {
+                self.resume = fd;
                 break;
             }
             let mut flags = 0;
