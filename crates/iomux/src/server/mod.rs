@@ -22,6 +22,7 @@
 //! | [`Model::Pool`] | `pool.rs` | `workers` threads take connections from a queue |
 //! | [`Model::BusyPoll`] | `busy_poll.rs` | non-blocking try-accept / try-recv / try-send in a loop: spins |
 //! | [`Model::Select`], [`Model::Poll`], [`Model::Epoll`] | `readiness.rs` | one thread, one [`Selector`](crate::selector::Selector) |
+//! | [`Model::Uring`] | `uring.rs` | one thread, one io_uring: completions, not readiness (see [`crate::uring`]) |
 
 use std::fmt;
 use std::io;
@@ -41,6 +42,8 @@ mod busy_poll;
 mod pool;
 mod readiness;
 mod threaded;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod uring;
 
 /// How long a driver waits before accepting again after an accept error
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
@@ -64,11 +67,14 @@ pub enum Model {
     Poll,
     /// Readiness with `epoll(7)`.
     Epoll,
+    /// Completions with io_uring (Linux 5.19+, probed at run time; see
+    /// [`crate::uring`]).
+    Uring,
 }
 
 impl Model {
     /// Every model, in the order the seeds introduce them.
-    pub const ALL: [Model; 7] = [
+    pub const ALL: [Model; 8] = [
         Model::Blocking,
         Model::Threaded,
         Model::Pool,
@@ -76,6 +82,7 @@ impl Model {
         Model::Select,
         Model::Poll,
         Model::Epoll,
+        Model::Uring,
     ];
 
     /// The name the CLI uses.
@@ -88,6 +95,7 @@ impl Model {
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Epoll => "epoll",
+            Model::Uring => "uring",
         }
     }
 
@@ -122,8 +130,12 @@ impl Model {
         self != Model::Blocking
     }
 
-    /// Whether this platform can run the model.
+    /// Whether this platform can run the model (for [`Model::Uring`], a
+    /// run-time probe: [`crate::uring::probe`] says why not).
     pub fn is_supported(self) -> bool {
+        if self == Model::Uring {
+            return crate::uring::probe().is_ok();
+        }
         self.backend().is_none_or(Backend::is_supported)
     }
 }
@@ -401,6 +413,13 @@ pub fn serve(
         Model::Select | Model::Poll | Model::Epoll => {
             let backend = model.backend().expect("readiness model");
             readiness::serve(backend, listener, config, stop, counters)
+        }
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        Model::Uring => uring::serve(listener, config, stop, counters),
+        #[cfg(not(all(target_os = "linux", feature = "uring")))]
+        Model::Uring => {
+            drop((listener, stop, counters));
+            Err(crate::uring::Unavailable::NotBuilt.into())
         }
     }
 }
