@@ -53,12 +53,12 @@ use crate::uring::Features;
 /// Submission queue slots (completion queue: four times as many).
 const SQ_ENTRIES: u32 = 1024;
 /// Buffers in the provided-buffer ring, shared by every connection.
-const BUFFERS: u16 = 512;
+const BUFFERS: u16 = 256;
 /// Largest buffer of the ring; `Config::read_chunk` if smaller.
 const MAX_BUFFER: usize = 16 * 1024;
 /// The ring's buffer group id.
 const BGID: u16 = 0;
-/// Output buffers kept for reuse, and the largest kept.
+/// Buffer sets kept for reuse, and the largest buffer kept in one.
 const SPARE_BUFFERS: usize = 64;
 const SPARE_MAX: usize = 16 * 1024;
 /// How long stopping waits for cancelled operations to complete.
@@ -90,18 +90,37 @@ fn decode(ud: u64) -> (u64, u32, usize) {
     )
 }
 
-struct Slot {
-    stream: TcpStream,
-    handler: Builtin,
-    gen: u32,
+/// A connection's buffers, held only while it has bytes in hand (taken
+/// from and given back to the loop's spares), so an idle connection is a
+/// few words.
+#[derive(Default)]
+struct Io {
     /// Output produced and not yet handed to a send.
     out: Vec<u8>,
     /// The buffer of the send in flight, `sending[sent..]` unsent. Never
-    /// touched, moved out or freed while `send_inflight`.
+    /// touched, moved out or freed while the send is in flight.
     sending: Vec<u8>,
     sent: usize,
     /// Input that arrived while output was full; fed to the handler later.
     parked: Vec<u8>,
+}
+
+impl Io {
+    fn pending(&self) -> usize {
+        self.out.len() + self.sending.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending() == 0 && self.parked.is_empty()
+    }
+}
+
+struct Slot {
+    stream: TcpStream,
+    handler: Builtin,
+    gen: u32,
+    /// `None` while the connection holds no bytes.
+    io: Option<Box<Io>>,
     recv_armed: bool,
     recv_cancelled: bool,
     send_inflight: bool,
@@ -118,7 +137,23 @@ struct Slot {
 
 impl Slot {
     fn pending(&self) -> usize {
-        self.out.len() + self.sending.len() - self.sent
+        self.io.as_ref().map_or(0, |io| io.pending())
+    }
+
+    fn has_parked(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| !io.parked.is_empty())
+    }
+
+    /// The connection's buffers, taken from `spare` if it has none.
+    fn io(&mut self, spare: &mut Vec<Box<Io>>) -> &mut Io {
+        self.io.get_or_insert_with(|| spare.pop().unwrap_or_default())
+    }
+
+    /// Gives the buffers back once nothing is in them or in flight.
+    fn release_io(&mut self, spare: &mut Vec<Box<Io>>) {
+        if !self.send_inflight && self.io.as_ref().is_some_and(|io| io.is_empty()) {
+            give_back(spare, self.io.take());
+        }
     }
 
     /// Whether new input may be processed now.
@@ -127,37 +162,47 @@ impl Slot {
     }
 
     fn wants_read(&self, max_output: usize) -> bool {
-        !self.eof && self.parked.is_empty() && self.can_take_input(max_output)
+        !self.eof && !self.has_parked() && self.can_take_input(max_output)
     }
 }
 
-/// Feeds `input` to the slot's handler; the reply goes to `slot.out`.
-fn feed(slot: &mut Slot, input: &[u8], spare: &mut Vec<Vec<u8>>, counters: &Counters) {
-    if slot.out.capacity() == 0 {
-        slot.out = spare.pop().unwrap_or_default();
+/// Feeds `input` (or the EOF, if `None`) to the slot's handler; the reply
+/// goes to its output.
+fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Vec<Box<Io>>, counters: &Counters) {
+    let Slot { handler, io, .. } = slot;
+    let io = io.get_or_insert_with(|| spare.pop().unwrap_or_default());
+    let before = io.out.len();
+    match input {
+        Some(data) => {
+            if handler.on_data(data, &mut io.out) == Action::Close {
+                slot.closing = true;
+            }
+        }
+        None => handler.on_eof(&mut io.out),
     }
-    let before = slot.out.len();
-    if slot.handler.on_data(input, &mut slot.out) == Action::Close {
-        slot.closing = true;
-    }
-    produced(slot, before, counters);
-}
-
-fn produced(slot: &Slot, before: usize, counters: &Counters) {
-    let n = slot.out.len() - before;
+    let n = io.out.len() - before;
     if n > 0 {
         Counters::add(&counters.pending_output, n as u64);
         counters
             .peak_conn_output
-            .fetch_max(slot.pending() as u64, Ordering::Relaxed);
+            .fetch_max(io.pending() as u64, Ordering::Relaxed);
     }
 }
 
-fn give_back(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
-    if spare.len() < SPARE_BUFFERS && buf.capacity() > 0 && buf.capacity() <= SPARE_MAX {
-        buf.clear();
-        spare.push(buf);
+/// Keeps a connection's emptied buffers for the next one that needs some.
+fn give_back(spare: &mut Vec<Box<Io>>, io: Option<Box<Io>>) {
+    let Some(mut io) = io else { return };
+    if spare.len() >= SPARE_BUFFERS {
+        return;
     }
+    for buf in [&mut io.out, &mut io.sending, &mut io.parked] {
+        buf.clear();
+        if buf.capacity() > SPARE_MAX {
+            *buf = Vec::new();
+        }
+    }
+    io.sent = 0;
+    spare.push(io);
 }
 
 struct Loop<'a> {
@@ -180,7 +225,7 @@ struct Loop<'a> {
     backoff: Timespec,
     stopping: bool,
     completions: Vec<cqueue::Entry>,
-    spare: Vec<Vec<u8>>,
+    spare: Vec<Box<Io>>,
 }
 
 pub(super) fn serve(
@@ -354,10 +399,7 @@ impl Loop<'_> {
                     stream,
                     handler: self.config.protocol.handler(),
                     gen: self.next_gen,
-                    out: Vec::new(),
-                    sending: Vec::new(),
-                    sent: 0,
-                    parked: Vec::new(),
+                    io: None,
                     recv_armed: false,
                     recv_cancelled: false,
                     send_inflight: false,
@@ -423,11 +465,11 @@ impl Loop<'_> {
             let n = res as usize;
             Counters::add(&counters.bytes_in, n as u64);
             let data = bufs.data(bid, n);
-            if slot.can_take_input(self.config.max_output) && slot.parked.is_empty() {
-                feed(slot, data, spare, counters);
+            if slot.can_take_input(self.config.max_output) && !slot.has_parked() {
+                feed(slot, Some(data), spare, counters);
             } else if !slot.closing && !slot.dead {
                 // Output is full: keep the bytes for later, unprocessed.
-                slot.parked.extend_from_slice(data);
+                slot.io(spare).parked.extend_from_slice(data);
             }
             bufs.recycle(bid);
         } else if res == 0 {
@@ -460,10 +502,11 @@ impl Loop<'_> {
             self.counters
                 .pending_output
                 .fetch_sub(n as u64, Ordering::Relaxed);
-            slot.sent += n;
-            if slot.sent >= slot.sending.len() {
-                give_back(&mut self.spare, mem::take(&mut slot.sending));
-                slot.sent = 0;
+            let io = slot.io.as_mut().expect("a send in flight has buffers");
+            io.sent += n;
+            if io.sent >= io.sending.len() {
+                io.sending.clear();
+                io.sent = 0;
             }
         } else {
             match -res {
@@ -497,25 +540,24 @@ impl Loop<'_> {
         if !slot.dead {
             // Parked input first, a buffer's worth at a time, while output
             // has room: the handler never runs with the bound exceeded.
-            while !slot.parked.is_empty() && slot.can_take_input(max_output) {
-                let parked = mem::take(&mut slot.parked);
+            while slot.has_parked() && slot.can_take_input(max_output) {
+                let io = slot.io.as_mut().expect("parked input has buffers");
+                let parked = mem::take(&mut io.parked);
                 let n = parked.len().min(chunk);
-                feed(slot, &parked[..n], spare, counters);
-                slot.parked = parked;
-                slot.parked.drain(..n);
+                feed(slot, Some(&parked[..n]), spare, counters);
+                let io = slot.io.as_mut().expect("still there");
+                io.parked = parked;
+                io.parked.drain(..n);
             }
-            if slot.closing || slot.parked.is_empty() {
-                slot.parked = Vec::new();
+            if slot.closing {
+                if let Some(io) = slot.io.as_mut() {
+                    io.parked.clear();
+                }
             }
             // The EOF comes after every byte before it.
-            if slot.eof && slot.parked.is_empty() && !slot.read_closed && !slot.closing {
+            if slot.eof && !slot.has_parked() && !slot.read_closed && !slot.closing {
                 slot.read_closed = true;
-                if slot.out.capacity() == 0 {
-                    slot.out = spare.pop().unwrap_or_default();
-                }
-                let before = slot.out.len();
-                slot.handler.on_eof(&mut slot.out);
-                produced(slot, before, counters);
+                feed(slot, None, spare, counters);
             }
             if (slot.read_closed || slot.closing) && slot.pending() == 0 && !slot.send_inflight {
                 slot.dead = true;
@@ -533,8 +575,7 @@ impl Loop<'_> {
                 self.counters
                     .pending_output
                     .fetch_sub(slot.pending() as u64, Ordering::Relaxed);
-                give_back(&mut self.spare, slot.out);
-                give_back(&mut self.spare, slot.sending);
+                give_back(&mut self.spare, slot.io);
                 Counters::add(&self.counters.closed, 1);
                 return Ok(());
             }
@@ -549,23 +590,26 @@ impl Loop<'_> {
         // The next send: the rest of a partial one, else everything produced.
         let mut send = None;
         if !slot.send_inflight {
-            if slot.sent >= slot.sending.len() && !slot.out.is_empty() {
-                give_back(spare, mem::take(&mut slot.sending));
-                slot.sending = mem::take(&mut slot.out);
-                slot.sent = 0;
+            if let Some(io) = slot.io.as_mut() {
+                if io.sending.is_empty() && !io.out.is_empty() {
+                    // Swap, so both buffers keep their capacity.
+                    mem::swap(&mut io.sending, &mut io.out);
+                    io.sent = 0;
+                }
+                if io.sent < io.sending.len() {
+                    let rest = &io.sending[io.sent..];
+                    let len = rest.len().min(u32::MAX as usize) as u32;
+                    send = Some(
+                        opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build()
+                            .user_data(user_data(Op::Send, gen, key)),
+                    );
+                    slot.send_inflight = true;
+                    slot.send_cancelled = false;
+                }
             }
-            if slot.sent < slot.sending.len() {
-                let rest = &slot.sending[slot.sent..];
-                let len = rest.len().min(u32::MAX as usize) as u32;
-                send = Some(
-                    opcode::Send::new(Fd(fd), rest.as_ptr(), len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(user_data(Op::Send, gen, key)),
-                );
-                slot.send_inflight = true;
-                slot.send_cancelled = false;
-            }
+            slot.release_io(spare);
         }
         let wants_read = slot.wants_read(max_output);
         let mut recv = None;
@@ -591,11 +635,12 @@ impl Loop<'_> {
         }
         if let Some(entry) = send {
             Counters::add(&self.counters.send_calls, 1);
-            // SAFETY: the entry points into `slot.sending`'s heap buffer,
-            // which is neither touched, moved out nor freed while
-            // `send_inflight` is set, and the slot itself is not freed until
-            // the send's completion clears it (moving the Slot within the
-            // slab does not move the Vec's heap buffer).
+            // SAFETY: the entry points into the heap buffer of the slot's
+            // `io.sending`, which is neither touched, swapped, moved out nor
+            // freed while `send_inflight` is set (the Io box stays with the
+            // slot: `release_io` and `give_back` wait for the completion),
+            // and the slot is not freed before that completion either.
+            // Moving the Slot or the Box does not move the Vec's buffer.
             unsafe { self.push(&entry)? };
         }
         if let Some(entry) = recv {
