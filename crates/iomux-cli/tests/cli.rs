@@ -314,3 +314,51 @@ fn bench_smoke_measures_every_requested_model() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("epoll") && table.contains("rt/s"), "{table}");
 }
+
+#[test]
+fn doctor_reports_the_machine_and_the_auto_choice() {
+    let out = iomux(&["doctor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "kernel",
+        "selector backends",
+        "epoll",
+        "kernel.io_uring_disabled",
+        "seccomp",
+        "io_uring",
+        "RLIMIT_NOFILE",
+        "RLIMIT_MEMLOCK",
+        "auto picks",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    // Either the probed features or the one-line reason they are missing.
+    assert!(
+        text.contains("multishot recv") || text.contains("use --model epoll"),
+        "{text}"
+    );
+}
+
+#[test]
+fn uring_serves_the_piped_client_or_says_why_not() {
+    match iomux::uring::probe() {
+        Ok(_) => {
+            let served = Served::start("uring", &[]);
+            assert!(
+                served.first_line.contains("model uring"),
+                "{}",
+                served.first_line
+            );
+            let out = client_piped(served.addr, b"hello uring\n");
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO URING\n");
+            served.stop();
+        }
+        Err(why) => {
+            let out = iomux(&["serve", "--model", "uring", "--addr", "127.0.0.1:0"]);
+            assert_one_line_error(&out, "use --model epoll");
+            eprintln!("skipped serving: {why}");
+        }
+    }
+}

@@ -131,7 +131,7 @@ impl Model {
     }
 
     /// Whether this platform can run the model (for [`Model::Uring`], a
-    /// run-time probe: [`crate::uring::probe`] says why not).
+    /// run-time probe: [`crate::uring::probe()`] says why not).
     pub fn is_supported(self) -> bool {
         if self == Model::Uring {
             return crate::uring::probe().is_ok();

@@ -61,6 +61,9 @@ const BGID: u16 = 0;
 /// Buffer sets kept for reuse, and the largest buffer kept in one.
 const SPARE_BUFFERS: usize = 64;
 const SPARE_MAX: usize = 16 * 1024;
+/// How long a wait that expects the completions of this turn's own sends
+/// (and cancels) may hold out for one more; see [`Loop::wait`].
+const BATCH_WAIT: Timespec = Timespec::new().nsec(200_000);
 /// How long stopping waits for cancelled operations to complete.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -115,6 +118,11 @@ impl Io {
     }
 }
 
+/// Spare buffer sets. Boxed on purpose: lending one to a connection moves
+/// a pointer, and the box itself is reused rather than reallocated.
+#[allow(clippy::vec_box)]
+type Spare = Vec<Box<Io>>;
+
 struct Slot {
     stream: TcpStream,
     handler: Builtin,
@@ -145,12 +153,13 @@ impl Slot {
     }
 
     /// The connection's buffers, taken from `spare` if it has none.
-    fn io(&mut self, spare: &mut Vec<Box<Io>>) -> &mut Io {
-        self.io.get_or_insert_with(|| spare.pop().unwrap_or_default())
+    fn io(&mut self, spare: &mut Spare) -> &mut Io {
+        self.io
+            .get_or_insert_with(|| spare.pop().unwrap_or_default())
     }
 
     /// Gives the buffers back once nothing is in them or in flight.
-    fn release_io(&mut self, spare: &mut Vec<Box<Io>>) {
+    fn release_io(&mut self, spare: &mut Spare) {
         if !self.send_inflight && self.io.as_ref().is_some_and(|io| io.is_empty()) {
             give_back(spare, self.io.take());
         }
@@ -168,7 +177,7 @@ impl Slot {
 
 /// Feeds `input` (or the EOF, if `None`) to the slot's handler; the reply
 /// goes to its output.
-fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Vec<Box<Io>>, counters: &Counters) {
+fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Spare, counters: &Counters) {
     let Slot { handler, io, .. } = slot;
     let io = io.get_or_insert_with(|| spare.pop().unwrap_or_default());
     let before = io.out.len();
@@ -190,7 +199,7 @@ fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Vec<Box<Io>>, counter
 }
 
 /// Keeps a connection's emptied buffers for the next one that needs some.
-fn give_back(spare: &mut Vec<Box<Io>>, io: Option<Box<Io>>) {
+fn give_back(spare: &mut Spare, io: Option<Box<Io>>) {
     let Some(mut io) = io else { return };
     if spare.len() >= SPARE_BUFFERS {
         return;
@@ -225,7 +234,11 @@ struct Loop<'a> {
     backoff: Timespec,
     stopping: bool,
     completions: Vec<cqueue::Entry>,
-    spare: Vec<Box<Io>>,
+    spare: Spare,
+    /// Submissions queued since the last enter whose completions usually
+    /// post at once, during that enter (sends that fit the socket buffer,
+    /// cancels).
+    inline_expected: usize,
 }
 
 pub(super) fn serve(
@@ -270,6 +283,7 @@ pub(super) fn serve_with(
         stopping: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
+        inline_expected: 0,
     };
     lp.run()
 }
@@ -287,10 +301,32 @@ impl Loop<'_> {
             if let Some(b) = &self.bufs {
                 b.publish();
             }
-            self.enter(1)?;
+            self.wait()?;
             self.reap()?;
         }
         self.shutdown()
+    }
+
+    /// The turn's one `io_uring_enter`: submit, then sleep until a
+    /// completion that is news. A send that fits the socket buffer
+    /// completes during the enter that submits it, so waiting for one
+    /// completion would return at once with only those, and cost a second
+    /// enter to sleep. So the wait asks for one more than the completions
+    /// expected at once, bounded by [`BATCH_WAIT`] in case a send did not
+    /// complete (its socket was full): then other connections wait at most
+    /// that long. Needs `IORING_FEAT_EXT_ARG` (5.11) for the bound.
+    fn wait(&mut self) -> io::Result<()> {
+        let expected = mem::take(&mut self.inline_expected);
+        if expected == 0 || !self.features.ext_arg {
+            return self.enter(1);
+        }
+        Counters::add(&self.counters.wait_calls, 1);
+        let args = SubmitArgs::new().timespec(&BATCH_WAIT);
+        match self.ring.submitter().submit_with_args(expected + 1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if retry_later(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Queues `entry`, submitting first if the queue is full.
@@ -375,6 +411,7 @@ impl Loop<'_> {
         let entry = opcode::AsyncCancel::new(target)
             .build()
             .user_data(user_data(Op::Cancel, 0, 0));
+        self.inline_expected += 1;
         // SAFETY: a cancel references no memory of ours.
         unsafe { self.push(&entry) }
     }
@@ -635,6 +672,7 @@ impl Loop<'_> {
         }
         if let Some(entry) = send {
             Counters::add(&self.counters.send_calls, 1);
+            self.inline_expected += 1;
             // SAFETY: the entry points into the heap buffer of the slot's
             // `io.sending`, which is neither touched, swapped, moved out nor
             // freed while `send_inflight` is set (the Io box stays with the

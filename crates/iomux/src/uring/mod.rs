@@ -22,12 +22,12 @@
 //! | `IORING_FEAT_FAST_POLL` | 5.7 | a recv/send that would block waits on the socket's wait queue instead of a kernel thread | (kernel decides) |
 //! | `IORING_FEAT_EXT_ARG` | 5.11 | bounded waits while draining at shutdown | unbounded waits |
 //!
-//! Every feature is detected at run time by [`probe`]: opcodes through
+//! Every feature is detected at run time by [`probe()`]: opcodes through
 //! `IORING_REGISTER_PROBE`, buffer rings by registering one, setup flags by
 //! trying them (best first), and the multishot flags, which the opcode probe
 //! cannot see, from the kernel release. Where io_uring cannot be used at all
 //! (a kernel before 5.19, `kernel.io_uring_disabled`, a seccomp filter, or a
-//! build without the `uring` cargo feature), [`probe`] returns the reason as
+//! build without the `uring` cargo feature), [`probe()`] returns the reason as
 //! an [`Unavailable`], serving the model fails with that one line, and
 //! [`Model::auto`](crate::server::Model::auto) never picks it.
 //!
@@ -37,7 +37,7 @@
 //! or read from it (send) until the completion arrives, whatever Rust thinks
 //! of the borrow. So:
 //!
-//! * receive buffers belong to the [`BufRing`](ring::BufRing) (private),
+//! * receive buffers belong to the provided-buffer ring (`ring.rs`),
 //!   which lives as long as the ring;
 //! * a connection's outgoing bytes are moved into a `sending` buffer that is
 //!   not touched, moved or freed until its send completes;

@@ -374,9 +374,7 @@ mod tests {
             Unavailable::NotBuilt,
             Unavailable::DisabledBySysctl,
             Unavailable::RestrictedBySysctl,
-            Unavailable::Seccomp {
-                errno: libc::EPERM,
-            },
+            Unavailable::Seccomp { errno: libc::EPERM },
             Unavailable::NoSyscall,
             Unavailable::Memlock,
             Unavailable::TooOld {
@@ -399,10 +397,7 @@ mod tests {
 
     #[test]
     fn missing_features_are_named_in_order() {
-        assert!(Features::default()
-            .missing()
-            .unwrap()
-            .contains("ACCEPT"));
+        assert!(Features::default().missing().unwrap().contains("ACCEPT"));
         let all = Features {
             op_accept: true,
             op_recv_send: true,
