@@ -142,11 +142,7 @@ pub fn report() -> String {
                     } else {
                         "one recv per message"
                     },
-                    if f.ext_arg {
-                        "one io_uring_enter per loop turn"
-                    } else {
-                        "io_uring_enter per turn (no batched wait)"
-                    }
+                    "submissions batched into the io_uring_enter that waits"
                 ),
             );
         }

@@ -2,9 +2,11 @@
 //! uses and the kernels that bring them).
 //!
 //! One thread, one ring. Accept, recv and send are submissions; the loop's
-//! only system call is `io_uring_enter`, once per turn: it hands the kernel
-//! every submission queued since the last turn (replies, re-armed recvs) and
-//! waits for at least one completion. Completions drive each connection:
+//! only system call on the data path is `io_uring_enter`: each turn one
+//! enter hands the kernel every submission queued since the last turn
+//! (replies, re-armed recvs, cancels) and waits for a completion, and a
+//! second one is needed only when the first returned at once with the
+//! completions of its own sends. Completions drive each connection:
 //!
 //! * the listener has one multishot accept armed (one accept per
 //!   connection on kernels before 5.19); an accept error other than
@@ -61,9 +63,6 @@ const BGID: u16 = 0;
 /// Buffer sets kept for reuse, and the largest buffer kept in one.
 const SPARE_BUFFERS: usize = 64;
 const SPARE_MAX: usize = 16 * 1024;
-/// How long a wait that expects the completions of this turn's own sends
-/// (and cancels) may hold out for one more; see [`Loop::wait`].
-const BATCH_WAIT: Timespec = Timespec::new().nsec(200_000);
 /// How long stopping waits for cancelled operations to complete.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -235,10 +234,6 @@ struct Loop<'a> {
     stopping: bool,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
-    /// Submissions queued since the last enter whose completions usually
-    /// post at once, during that enter (sends that fit the socket buffer,
-    /// cancels).
-    inline_expected: usize,
 }
 
 pub(super) fn serve(
@@ -283,7 +278,6 @@ pub(super) fn serve_with(
         stopping: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
-        inline_expected: 0,
     };
     lp.run()
 }
@@ -301,32 +295,10 @@ impl Loop<'_> {
             if let Some(b) = &self.bufs {
                 b.publish();
             }
-            self.wait()?;
+            self.enter(1)?;
             self.reap()?;
         }
         self.shutdown()
-    }
-
-    /// The turn's one `io_uring_enter`: submit, then sleep until a
-    /// completion that is news. A send that fits the socket buffer
-    /// completes during the enter that submits it, so waiting for one
-    /// completion would return at once with only those, and cost a second
-    /// enter to sleep. So the wait asks for one more than the completions
-    /// expected at once, bounded by [`BATCH_WAIT`] in case a send did not
-    /// complete (its socket was full): then other connections wait at most
-    /// that long. Needs `IORING_FEAT_EXT_ARG` (5.11) for the bound.
-    fn wait(&mut self) -> io::Result<()> {
-        let expected = mem::take(&mut self.inline_expected);
-        if expected == 0 || !self.features.ext_arg {
-            return self.enter(1);
-        }
-        Counters::add(&self.counters.wait_calls, 1);
-        let args = SubmitArgs::new().timespec(&BATCH_WAIT);
-        match self.ring.submitter().submit_with_args(expected + 1, &args) {
-            Ok(_) => Ok(()),
-            Err(e) if retry_later(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// Queues `entry`, submitting first if the queue is full.
@@ -346,6 +318,15 @@ impl Loop<'_> {
 
     /// One `io_uring_enter`: submits what is queued, waits for `want`
     /// completions.
+    ///
+    /// The loop waits for one completion. A send that fits the socket
+    /// buffer completes during the enter that submits it, so a busy turn
+    /// often takes two enters: one that submits and returns with those
+    /// completions, one that sleeps. Asking for one more completion than
+    /// the sends submitted saves that enter but needs a timeout (a send to
+    /// a full socket does not complete at once, and the others must not
+    /// wait for it); on the VM this was measured on, arming that timer on
+    /// every wait cost more CPU than the enter it saved (see the README).
     fn enter(&mut self, want: usize) -> io::Result<()> {
         Counters::add(&self.counters.wait_calls, 1);
         match self.ring.submit_and_wait(want) {
@@ -411,7 +392,6 @@ impl Loop<'_> {
         let entry = opcode::AsyncCancel::new(target)
             .build()
             .user_data(user_data(Op::Cancel, 0, 0));
-        self.inline_expected += 1;
         // SAFETY: a cancel references no memory of ours.
         unsafe { self.push(&entry) }
     }
@@ -672,7 +652,6 @@ impl Loop<'_> {
         }
         if let Some(entry) = send {
             Counters::add(&self.counters.send_calls, 1);
-            self.inline_expected += 1;
             // SAFETY: the entry points into the heap buffer of the slot's
             // `io.sending`, which is neither touched, swapped, moved out nor
             // freed while `send_inflight` is set (the Io box stays with the
