@@ -300,9 +300,9 @@ mod imp {
             op_timeout: op(opcode::Timeout::CODE),
             op_async_cancel: op(opcode::AsyncCancel::CODE),
             buf_ring,
-            // Both came with buffer rings in 5.19 and multishot recv in 6.0;
-            // the opcode probe cannot see flags, so the release decides,
-            // confirmed by the feature that shipped with each.
+            // Multishot accept came with buffer rings in 5.19, multishot
+            // recv in 6.0. The opcode probe cannot see flags, so the kernel
+            // release decides (and the driver needs buffer rings anyway).
             multishot_accept: buf_ring && kernel.at_least(5, 19),
             multishot_recv: buf_ring && kernel.at_least(6, 0),
             coop_taskrun,
