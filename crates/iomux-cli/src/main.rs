@@ -3,13 +3,15 @@
 //! * `iomux serve --model epoll` serves the default protocol (every byte back,
 //!   ASCII letters upper-cased) with one model;
 //! * `iomux client` is the lessons' client: interactive, piped, or bulk;
-//! * `iomux bench` starts every model in turn and measures them in one run.
+//! * `iomux bench` starts every model in turn and measures them in one run;
+//! * `iomux doctor` says what this machine offers and what iomux does with it.
 //!
 //! Errors are one line on stderr, `iomux: error: ...`, and a non-zero exit.
 
 mod bench;
 mod client;
 mod control;
+mod doctor;
 mod peer_tokio;
 mod serve;
 
@@ -35,6 +37,9 @@ enum Command {
     /// Run every model side by side and report throughput, latency, CPU,
     /// syscalls and memory.
     Bench(bench::BenchArgs),
+    /// What this machine offers (kernel, backends, io_uring features,
+    /// limits) and which model `auto` picks.
+    Doctor(doctor::DoctorArgs),
     /// The tokio peer server the bench compares against (used by `bench --peers`).
     #[command(hide = true)]
     PeerTokio(peer_tokio::PeerArgs),
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
         Command::Bench(args) => bench::run(args).map(|_| ()),
+        Command::Doctor(args) => doctor::run(args),
         Command::PeerTokio(args) => peer_tokio::run(args),
     };
     match result {

@@ -15,7 +15,7 @@ use iomux::server::{Config, Counters, Model, Stop};
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// The I/O model: auto (the best this platform has), blocking, threaded,
-    /// pool, busy-poll, select, poll, epoll or coroutine.
+    /// pool, busy-poll, select, poll, epoll, coroutine or uring.
     #[arg(long, default_value = "auto")]
     pub model: Model,
     /// Address to listen on; port 0 lets the OS pick a free port.
@@ -167,6 +167,10 @@ fn check_flags(args: &ServeArgs) -> Result<Protocol> {
 /// Runs `iomux serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let model = args.model;
+    if model == Model::Uring {
+        // One line naming the cause: sysctl, seccomp, kernel, build.
+        iomux::uring::probe().map_err(|why| anyhow!("{why}"))?;
+    }
     if !model.is_supported() {
         bail!("model {model} is not available on this platform; use --model auto");
     }

@@ -395,3 +395,147 @@ fn flags_for_other_models_or_protocols_are_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));
 }
+
+#[test]
+fn doctor_reports_the_machine_and_the_auto_choice() {
+    let out = iomux(&["doctor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "kernel",
+        "selector backends",
+        "epoll",
+        "kernel.io_uring_disabled",
+        "seccomp",
+        "io_uring",
+        "RLIMIT_NOFILE",
+        "RLIMIT_MEMLOCK",
+        "auto picks",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    // Either the probed features or the one-line reason they are missing.
+    assert!(
+        text.contains("multishot recv") || text.contains("use --model epoll"),
+        "{text}"
+    );
+}
+
+#[test]
+fn uring_serves_the_piped_client_or_says_why_not() {
+    match iomux::uring::probe() {
+        Ok(_) => {
+            let served = Served::start("uring", &[]);
+            assert!(
+                served.first_line.contains("model uring"),
+                "{}",
+                served.first_line
+            );
+            let out = client_piped(served.addr, b"hello uring\n");
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO URING\n");
+            served.stop();
+        }
+        Err(why) => {
+            let out = iomux(&["serve", "--model", "uring", "--addr", "127.0.0.1:0"]);
+            assert_one_line_error(&out, "use --model epoll");
+            eprintln!("skipped serving: {why}");
+        }
+    }
+}
+
+/// Out of fds (`EMFILE`), the uring server counts the failed accepts, backs
+/// off instead of spinning, and serves again once fds are free.
+#[test]
+fn uring_accept_errors_back_off_and_recover() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::os::unix::process::CommandExt;
+    if let Err(why) = iomux::uring::probe() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut cmd = Command::new(IOMUX);
+    cmd.args([
+        "serve",
+        "--model",
+        "uring",
+        "--addr",
+        "127.0.0.1:0",
+        "--control",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only setrlimit, which is async-signal-safe, on a valid rlimit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("starting iomux serve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .last()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut stat = |name: &str| -> u64 {
+        writeln!(stdin, "stats").unwrap();
+        stdin.flush().unwrap();
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {l:?}"))
+    };
+    // More clients than the server has fds: the kernel's backlog holds them.
+    let clients: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat("accept_errors") == 0 {
+        assert!(Instant::now() < deadline, "no accept error with 32 fds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A spinning accept would fail hundreds of thousands of times by now;
+    // backing off 50 ms between tries fails a handful.
+    let errors = stat("accept_errors");
+    assert!(
+        errors < 1000,
+        "{errors} accept errors: the accept loop spins"
+    );
+    drop(clients);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"again").unwrap();
+    let mut reply = [0u8; 5];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"AGAIN");
+    drop(c);
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "server exited with {status}");
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

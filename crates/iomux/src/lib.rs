@@ -9,6 +9,7 @@
 //! | [`reactor`] | the event loop: I/O callbacks, timers, signals, posts from other threads, offload; coroutines on top |
 //! | [`conn`] | one non-blocking connection's pending output, bound and half-close state |
 //! | [`server`] | one driver per I/O model, all serving the same handler |
+//! | [`uring`] | completion-based I/O: io_uring probe and ring (Linux, `uring` feature) |
 //! | [`sys`] | the raw syscalls, each turned into `io::Result` |
 //!
 //! # Which selector backend each OS gets
@@ -27,6 +28,7 @@
 //! | pool | a worker, in `recv` | the worker | a fixed N |
 //! | busy-poll | nobody: `recv` returns `EAGAIN` and the loop spins | the thread | 1, a full core |
 //! | select / poll / epoll | the one thread, in the selector | the thread, after readiness | 1 |
+//! | uring | the kernel | the kernel, into a provided buffer | 1 |
 
 #![deny(missing_docs)]
 
@@ -36,3 +38,4 @@ pub mod reactor;
 pub mod selector;
 pub mod server;
 pub mod sys;
+pub mod uring;

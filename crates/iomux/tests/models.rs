@@ -231,7 +231,7 @@ fn slow_reader_is_bounded(model: Model) {
         config.max_output,
         config.read_chunk
     );
-    if model == Model::BusyPoll || model.uses_reactor() {
+    if model == Model::BusyPoll || model == Model::Uring || model.uses_reactor() {
         // Non-blocking models buffer up to the bound before they stop
         // reading: the check above was really exercised.
         assert!(
@@ -287,18 +287,30 @@ fn stops_cleanly(model: Model) {
     assert!(util::wait_until(|| util::sockets_on_local_port(port) == 0));
 }
 
+/// Whether `model` can run here; if not, prints why (the test is skipped:
+/// io_uring may be missing, disabled by sysctl, or filtered by seccomp).
+fn available(model: Model) -> bool {
+    if model == Model::Uring {
+        if let Err(why) = iomux::uring::probe() {
+            eprintln!("skipped: {why}");
+            return false;
+        }
+    }
+    true
+}
+
 macro_rules! conformance {
     ($($name:ident => $model:expr),* $(,)?) => {$(
         mod $name {
             use super::*;
-            #[test] fn data_integrity() { super::data_integrity($model) }
-            #[test] fn many_clients() { super::many_clients($model) }
-            #[test] fn half_close() { super::half_close($model) }
-            #[test] fn reset_does_not_disturb_others() { super::reset_does_not_disturb_others($model) }
-            #[test] fn large_message() { super::large_message($model) }
-            #[test] fn slow_reader_is_bounded() { super::slow_reader_is_bounded($model) }
-            #[test] fn no_fd_leak() { super::no_fd_leak($model) }
-            #[test] fn stops_cleanly() { super::stops_cleanly($model) }
+            #[test] fn data_integrity() { if available($model) { super::data_integrity($model) } }
+            #[test] fn many_clients() { if available($model) { super::many_clients($model) } }
+            #[test] fn half_close() { if available($model) { super::half_close($model) } }
+            #[test] fn reset_does_not_disturb_others() { if available($model) { super::reset_does_not_disturb_others($model) } }
+            #[test] fn large_message() { if available($model) { super::large_message($model) } }
+            #[test] fn slow_reader_is_bounded() { if available($model) { super::slow_reader_is_bounded($model) } }
+            #[test] fn no_fd_leak() { if available($model) { super::no_fd_leak($model) } }
+            #[test] fn stops_cleanly() { if available($model) { super::stops_cleanly($model) } }
         }
     )*};
 }
@@ -312,4 +324,5 @@ conformance! {
     poll => Model::Poll,
     epoll => Model::Epoll,
     coroutine => Model::Coroutine,
+    uring => Model::Uring,
 }

@@ -254,7 +254,8 @@ pub struct RunRow {
     pub server_cores: f64,
     /// Selector waits per round trip.
     pub waits_per_rt: Option<f64>,
-    /// Counted syscalls (recv, send, wait, ctl) per round trip.
+    /// Counted syscalls (recv, send, wait, ctl) per round trip; for uring,
+    /// its `io_uring_enter` calls (recv and send are submissions there).
     pub syscalls_per_rt: Option<f64>,
     /// Peak resident memory of the server, bytes.
     pub peak_rss: u64,
@@ -475,10 +476,14 @@ fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> R
     let per_rt = |x: f64| if rts > 0.0 { Some(x / rts) } else { None };
     let cpu_s = delta(&s0, &s1, "cpu_us") / 1e6;
     let is_model = matches!(subject, Subject::Model(_));
-    let syscalls = ["recv_calls", "send_calls", "wait_calls", "ctl_calls"]
-        .iter()
-        .map(|k| delta(&s0, &s1, k))
-        .sum::<f64>();
+    // io_uring's recv and send are submissions, not syscalls: its only
+    // kernel entry is io_uring_enter, which it counts as a wait.
+    let counted: &[&str] = if subject == Subject::Model(Model::Uring) {
+        &["wait_calls", "ctl_calls"]
+    } else {
+        &["recv_calls", "send_calls", "wait_calls", "ctl_calls"]
+    };
+    let syscalls = counted.iter().map(|k| delta(&s0, &s1, k)).sum::<f64>();
     let h = &result.latency_ns;
     let mut status = failure;
     if result.errors > 0 {

@@ -23,6 +23,7 @@
 //! | [`Model::BusyPoll`] | `busy_poll.rs` | non-blocking try-accept / try-recv / try-send in a loop: spins |
 //! | [`Model::Select`], [`Model::Poll`], [`Model::Epoll`] | `readiness.rs` | one thread, one [`Reactor`](crate::reactor::Reactor) on that selector |
 //! | [`Model::Coroutine`] | `coroutine.rs` | one thread, async tasks on the reactor ([`crate::reactor::task`]) |
+//! | [`Model::Uring`] | `uring.rs` | one thread, one io_uring: completions, not readiness (see [`crate::uring`]) |
 //!
 //! The reactor models also close idle connections ([`Config::idle_timeout`]),
 //! drain gracefully on stop ([`Config::drain_timeout`]: stop accepting and
@@ -48,6 +49,8 @@ mod coroutine;
 mod pool;
 mod readiness;
 mod threaded;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod uring;
 
 /// How long a driver waits before accepting again after an accept error
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
@@ -73,11 +76,14 @@ pub enum Model {
     Epoll,
     /// Coroutines: async/await tasks on iomux's own executor and reactor.
     Coroutine,
+    /// Completions with io_uring (Linux 5.19+, probed at run time; see
+    /// [`crate::uring`]).
+    Uring,
 }
 
 impl Model {
     /// Every model, in the order the seeds introduce them.
-    pub const ALL: [Model; 8] = [
+    pub const ALL: [Model; 9] = [
         Model::Blocking,
         Model::Threaded,
         Model::Pool,
@@ -86,6 +92,7 @@ impl Model {
         Model::Poll,
         Model::Epoll,
         Model::Coroutine,
+        Model::Uring,
     ];
 
     /// The name the CLI uses.
@@ -99,6 +106,7 @@ impl Model {
             Model::Poll => "poll",
             Model::Epoll => "epoll",
             Model::Coroutine => "coroutine",
+            Model::Uring => "uring",
         }
     }
 
@@ -142,8 +150,12 @@ impl Model {
         self != Model::Blocking
     }
 
-    /// Whether this platform can run the model.
+    /// Whether this platform can run the model (for [`Model::Uring`], a
+    /// run-time probe: [`crate::uring::probe()`] says why not).
     pub fn is_supported(self) -> bool {
+        if self == Model::Uring {
+            return crate::uring::probe().is_ok();
+        }
         self.backend().is_none_or(Backend::is_supported)
     }
 }
@@ -461,6 +473,13 @@ pub fn serve(
             readiness::serve(backend, listener, config, stop, counters)
         }
         Model::Coroutine => coroutine::serve(listener, config, stop, counters),
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        Model::Uring => uring::serve(listener, config, stop, counters),
+        #[cfg(not(all(target_os = "linux", feature = "uring")))]
+        Model::Uring => {
+            drop((listener, stop, counters));
+            Err(crate::uring::Unavailable::NotBuilt.into())
+        }
     }
 }
 

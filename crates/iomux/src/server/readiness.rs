@@ -685,7 +685,7 @@ impl Server {
 }
 
 /// Connections by key, reusing freed keys (so tokens stay small and dense).
-struct Slab<T> {
+pub(super) struct Slab<T> {
     entries: Vec<Option<T>>,
     free: Vec<usize>,
     len: usize,
@@ -702,20 +702,20 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.entries.len()
     }
 
     /// The key the next `insert` will use.
-    fn vacant_key(&self) -> usize {
+    pub(super) fn vacant_key(&self) -> usize {
         self.free.last().copied().unwrap_or(self.entries.len())
     }
 
-    fn insert(&mut self, value: T) -> usize {
+    pub(super) fn insert(&mut self, value: T) -> usize {
         self.len += 1;
         match self.free.pop() {
             Some(key) => {
@@ -729,11 +729,11 @@ impl<T> Slab<T> {
         }
     }
 
-    fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+    pub(super) fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         self.entries.get_mut(key)?.as_mut()
     }
 
-    fn remove(&mut self, key: usize) -> Option<T> {
+    pub(super) fn remove(&mut self, key: usize) -> Option<T> {
         let value = self.entries.get_mut(key)?.take()?;
         self.free.push(key);
         self.len -= 1;

@@ -1,0 +1,799 @@
+//! The completion model: io_uring (see [`crate::uring`] for the features it
+//! uses and the kernels that bring them).
+//!
+//! One thread, one ring. Accept, recv and send are submissions; the loop's
+//! only system call on the data path is `io_uring_enter`: each turn one
+//! enter hands the kernel every submission queued since the last turn
+//! (replies, re-armed recvs, cancels) and waits for a completion, and a
+//! second one is needed only when the first returned at once with the
+//! completions of its own sends. Completions drive each connection:
+//!
+//! * the listener has one multishot accept armed (one accept per
+//!   connection on kernels before 5.19); an accept error other than
+//!   `ECONNABORTED` stops accepting and arms a timeout of
+//!   [`ACCEPT_BACKOFF`], so `EMFILE` cannot make the loop spin;
+//! * every connection has one multishot recv armed (one recv per message
+//!   before 6.0) that takes a buffer from the shared provided-buffer ring
+//!   only when data arrives: an idle connection holds no buffer;
+//! * received bytes go straight from the kernel's buffer to the handler,
+//!   whose reply is sent with one send submission; bytes produced while a
+//!   send is in flight wait in the connection and go in the next one;
+//! * a connection whose unsent output reaches [`Config::max_output`] has its
+//!   recv cancelled; bytes that were already on their way are parked
+//!   unprocessed and fed to the handler once output drains, so the handler
+//!   never runs with the bound exceeded; recv is re-armed after that;
+//! * the peer's EOF (a recv of 0) is handed to the handler after any parked
+//!   input, pending output is flushed, then the connection closes;
+//! * a connection is freed, and its fd closed, only once none of its
+//!   operations is in flight (closing cancels them and waits for their
+//!   completions), since the kernel may use their buffers until then;
+//! * stopping is a completion too: a poll on the [`Stop`] fd. The loop then
+//!   cancels every operation and drains the ring before it frees anything.
+//!
+//! Counters: `recv_calls` and `send_calls` count recv and send
+//! *submissions* (a multishot recv counts once however many messages it
+//! delivers); `wait_calls` counts every `io_uring_enter`, the loop's only
+//! syscall on the data path.
+
+use std::io;
+use std::mem;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::readiness::Slab;
+use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
+use crate::protocol::{Action, Builtin, Handler};
+use crate::uring::ring::{build_ring, BufRing};
+use crate::uring::Features;
+
+/// Submission queue slots (completion queue: four times as many).
+const SQ_ENTRIES: u32 = 1024;
+/// Buffers in the provided-buffer ring, shared by every connection.
+const BUFFERS: u16 = 256;
+/// Largest buffer of the ring; `Config::read_chunk` if smaller.
+const MAX_BUFFER: usize = 16 * 1024;
+/// The ring's buffer group id.
+const BGID: u16 = 0;
+/// Buffer sets kept for reuse, and the largest buffer kept in one.
+const SPARE_BUFFERS: usize = 64;
+const SPARE_MAX: usize = 16 * 1024;
+/// How long stopping waits for cancelled operations to complete.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a completion is for: the top byte of its user data.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Accept = 1,
+    Stop = 2,
+    Timer = 3,
+    Cancel = 4,
+    Recv = 5,
+    Send = 6,
+}
+
+/// User data: op in bits 56..64, the slot's generation in 32..56, its key
+/// in 0..32. The generation makes a cancel name exactly one operation even
+/// after the key is reused.
+fn user_data(op: Op, gen: u32, key: usize) -> u64 {
+    ((op as u64) << 56) | (u64::from(gen & 0xff_ffff) << 32) | (key as u64 & 0xffff_ffff)
+}
+
+fn decode(ud: u64) -> (u64, u32, usize) {
+    (
+        ud >> 56,
+        ((ud >> 32) & 0xff_ffff) as u32,
+        (ud & 0xffff_ffff) as usize,
+    )
+}
+
+/// A connection's buffers, held only while it has bytes in hand (taken
+/// from and given back to the loop's spares), so an idle connection is a
+/// few words.
+#[derive(Default)]
+struct Io {
+    /// Output produced and not yet handed to a send.
+    out: Vec<u8>,
+    /// The buffer of the send in flight, `sending[sent..]` unsent. Never
+    /// touched, moved out or freed while the send is in flight.
+    sending: Vec<u8>,
+    sent: usize,
+    /// Input that arrived while output was full; fed to the handler later.
+    parked: Vec<u8>,
+}
+
+impl Io {
+    fn pending(&self) -> usize {
+        self.out.len() + self.sending.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending() == 0 && self.parked.is_empty()
+    }
+}
+
+/// Spare buffer sets. Boxed on purpose: lending one to a connection moves
+/// a pointer, and the box itself is reused rather than reallocated.
+#[allow(clippy::vec_box)]
+type Spare = Vec<Box<Io>>;
+
+struct Slot {
+    stream: TcpStream,
+    handler: Builtin,
+    gen: u32,
+    /// `None` while the connection holds no bytes.
+    io: Option<Box<Io>>,
+    recv_armed: bool,
+    recv_cancelled: bool,
+    send_inflight: bool,
+    send_cancelled: bool,
+    /// The peer's EOF arrived (a recv of 0).
+    eof: bool,
+    /// The handler has been told of the EOF.
+    read_closed: bool,
+    /// The handler asked to close.
+    closing: bool,
+    /// Closing: waiting for in-flight operations, then freed.
+    dead: bool,
+}
+
+impl Slot {
+    fn pending(&self) -> usize {
+        self.io.as_ref().map_or(0, |io| io.pending())
+    }
+
+    fn has_parked(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| !io.parked.is_empty())
+    }
+
+    /// The connection's buffers, taken from `spare` if it has none.
+    fn io(&mut self, spare: &mut Spare) -> &mut Io {
+        self.io
+            .get_or_insert_with(|| spare.pop().unwrap_or_default())
+    }
+
+    /// Gives the buffers back once nothing is in them or in flight.
+    fn release_io(&mut self, spare: &mut Spare) {
+        if !self.send_inflight && self.io.as_ref().is_some_and(|io| io.is_empty()) {
+            give_back(spare, self.io.take());
+        }
+    }
+
+    /// Whether new input may be processed now.
+    fn can_take_input(&self, max_output: usize) -> bool {
+        !self.closing && !self.dead && self.pending() < max_output
+    }
+
+    fn wants_read(&self, max_output: usize) -> bool {
+        !self.eof && !self.has_parked() && self.can_take_input(max_output)
+    }
+}
+
+/// Feeds `input` (or the EOF, if `None`) to the slot's handler; the reply
+/// goes to its output.
+fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Spare, counters: &Counters) {
+    let Slot { handler, io, .. } = slot;
+    let io = io.get_or_insert_with(|| spare.pop().unwrap_or_default());
+    let before = io.out.len();
+    match input {
+        Some(data) => {
+            if handler.on_data(data, &mut io.out) == Action::Close {
+                slot.closing = true;
+            }
+        }
+        None => handler.on_eof(&mut io.out),
+    }
+    let n = io.out.len() - before;
+    if n > 0 {
+        Counters::add(&counters.pending_output, n as u64);
+        counters
+            .peak_conn_output
+            .fetch_max(io.pending() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a connection's emptied buffers for the next one that needs some.
+fn give_back(spare: &mut Spare, io: Option<Box<Io>>) {
+    let Some(mut io) = io else { return };
+    if spare.len() >= SPARE_BUFFERS {
+        return;
+    }
+    for buf in [&mut io.out, &mut io.sending, &mut io.parked] {
+        buf.clear();
+        if buf.capacity() > SPARE_MAX {
+            *buf = Vec::new();
+        }
+    }
+    io.sent = 0;
+    spare.push(io);
+}
+
+struct Loop<'a> {
+    config: &'a Config,
+    counters: &'a Counters,
+    features: Features,
+    ring: IoUring,
+    /// `None` once released or leaked at shutdown.
+    bufs: Option<BufRing>,
+    listener: TcpListener,
+    stop_fd: i32,
+    conns: Slab<Slot>,
+    next_gen: u32,
+    accept_armed: bool,
+    accept_cancelled: bool,
+    /// An accept error asked for a pause; the timer re-arms accept.
+    accept_backoff: bool,
+    timer_armed: bool,
+    /// The back-off timeout's duration; the kernel reads it at submission.
+    backoff: Timespec,
+    stopping: bool,
+    completions: Vec<cqueue::Entry>,
+    spare: Spare,
+}
+
+pub(super) fn serve(
+    listener: TcpListener,
+    config: &Config,
+    stop: &Stop,
+    counters: &Arc<Counters>,
+) -> io::Result<()> {
+    let probe = crate::uring::probe()?;
+    serve_with(probe.features, listener, config, stop, counters)
+}
+
+/// [`serve`] with the features given rather than probed: the tests turn
+/// multishot off to run the older kernels' path.
+pub(super) fn serve_with(
+    features: Features,
+    listener: TcpListener,
+    config: &Config,
+    stop: &Stop,
+    counters: &Counters,
+) -> io::Result<()> {
+    let (ring, _, _) = build_ring(SQ_ENTRIES)?;
+    let size = config.read_chunk.clamp(1, MAX_BUFFER) as u32;
+    let bufs = BufRing::new(&ring, BUFFERS, size, BGID)?;
+    let mut lp = Loop {
+        config,
+        counters,
+        features,
+        ring,
+        bufs: Some(bufs),
+        listener,
+        stop_fd: stop.fd(),
+        conns: Slab::default(),
+        next_gen: 0,
+        accept_armed: false,
+        accept_cancelled: false,
+        accept_backoff: false,
+        timer_armed: false,
+        backoff: Timespec::new()
+            .sec(ACCEPT_BACKOFF.as_secs())
+            .nsec(ACCEPT_BACKOFF.subsec_nanos()),
+        stopping: false,
+        completions: Vec::with_capacity(1024),
+        spare: Vec::new(),
+    };
+    lp.run()
+}
+
+impl Loop<'_> {
+    /// The loop: one `io_uring_enter` per turn, then every completion.
+    fn run(&mut self) -> io::Result<()> {
+        let poll = opcode::PollAdd::new(Fd(self.stop_fd), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(Op::Stop, 0, 0));
+        // SAFETY: a poll references no memory of ours.
+        unsafe { self.push(&poll)? };
+        self.arm_accept()?;
+        while !self.stopping {
+            if let Some(b) = &self.bufs {
+                b.publish();
+            }
+            self.enter(1)?;
+            self.reap()?;
+        }
+        self.shutdown()
+    }
+
+    /// Queues `entry`, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Every buffer `entry` points to must stay valid, and unmoved, until
+    /// its completion has been reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller vouches for the entry's buffers.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.enter(0)?;
+        }
+    }
+
+    /// One `io_uring_enter`: submits what is queued, waits for `want`
+    /// completions.
+    ///
+    /// The loop waits for one completion. A send that fits the socket
+    /// buffer completes during the enter that submits it, so a busy turn
+    /// often takes two enters: one that submits and returns with those
+    /// completions, one that sleeps. Asking for one more completion than
+    /// the sends submitted saves that enter but needs a timeout (a send to
+    /// a full socket does not complete at once, and the others must not
+    /// wait for it); on the VM this was measured on, arming that timer on
+    /// every wait cost more CPU than the enter it saved (see the README).
+    fn enter(&mut self, want: usize) -> io::Result<()> {
+        Counters::add(&self.counters.wait_calls, 1);
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if retry_later(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self) -> io::Result<()> {
+        let mut batch = mem::take(&mut self.completions);
+        batch.extend(self.ring.completion());
+        for cqe in &batch {
+            self.complete(cqe.user_data(), cqe.result(), cqe.flags())?;
+        }
+        batch.clear();
+        self.completions = batch;
+        Ok(())
+    }
+
+    fn complete(&mut self, ud: u64, res: i32, flags: u32) -> io::Result<()> {
+        let (op, gen, key) = decode(ud);
+        match op {
+            x if x == Op::Accept as u64 => self.on_accept(res, flags),
+            x if x == Op::Stop as u64 => {
+                self.stopping = true;
+                Ok(())
+            }
+            x if x == Op::Timer as u64 => {
+                self.timer_armed = false;
+                self.accept_backoff = false;
+                if !self.stopping && !self.accept_armed {
+                    self.arm_accept()?;
+                }
+                Ok(())
+            }
+            x if x == Op::Recv as u64 => self.on_recv(key, gen, res, flags),
+            x if x == Op::Send as u64 => self.on_send(key, gen, res),
+            _ => Ok(()), // cancels: their targets complete on their own
+        }
+    }
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        let fd = Fd(self.listener.as_raw_fd());
+        let entry = if self.features.multishot_accept {
+            opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        .user_data(user_data(Op::Accept, 0, 0));
+        // SAFETY: null address pointers: the accept writes no memory of ours.
+        unsafe { self.push(&entry)? };
+        self.accept_armed = true;
+        self.accept_cancelled = false;
+        Ok(())
+    }
+
+    fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(Op::Cancel, 0, 0));
+        // SAFETY: a cancel references no memory of ours.
+        unsafe { self.push(&entry) }
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) -> io::Result<()> {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            // SAFETY: the completion hands us a new connected socket fd
+            // that nothing else owns.
+            let stream = unsafe { TcpStream::from_raw_fd(res) };
+            Counters::add(&self.counters.accepted, 1);
+            if self.stopping || self.conns.len() >= self.config.max_conns {
+                Counters::add(&self.counters.refused, 1);
+                drop(stream); // closes it
+            } else {
+                // Replies are whole messages: don't let Nagle hold them.
+                let _ = stream.set_nodelay(true);
+                self.next_gen = self.next_gen.wrapping_add(1);
+                let key = self.conns.insert(Slot {
+                    stream,
+                    handler: self.config.protocol.handler(),
+                    gen: self.next_gen,
+                    io: None,
+                    recv_armed: false,
+                    recv_cancelled: false,
+                    send_inflight: false,
+                    send_cancelled: false,
+                    eof: false,
+                    read_closed: false,
+                    closing: false,
+                    dead: false,
+                });
+                self.pump(key)?;
+            }
+        } else {
+            match -res {
+                libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
+                // The client gave up between SYN and accept: next one.
+                libc::ECONNABORTED => Counters::add(&self.counters.accept_errors, 1),
+                _ => {
+                    // EMFILE, ENFILE and anything unexpected: retrying now
+                    // would fail the same way. Pause, then try again.
+                    Counters::add(&self.counters.accept_errors, 1);
+                    self.accept_backoff = true;
+                    if self.accept_armed && !self.accept_cancelled {
+                        self.accept_cancelled = true;
+                        self.cancel(user_data(Op::Accept, 0, 0))?;
+                    }
+                }
+            }
+        }
+        if !self.accept_armed && !self.stopping {
+            if !self.accept_backoff {
+                self.arm_accept()?;
+            } else if !self.timer_armed {
+                let entry = opcode::Timeout::new(&self.backoff)
+                    .build()
+                    .user_data(user_data(Op::Timer, 0, 0));
+                // SAFETY: the timespec lives in `self` for the whole loop
+                // (the kernel copies it at submission anyway).
+                unsafe { self.push(&entry)? };
+                self.timer_armed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_recv(&mut self, key: usize, gen: u32, res: i32, flags: u32) -> io::Result<()> {
+        let Loop {
+            conns,
+            bufs,
+            spare,
+            counters,
+            ..
+        } = self;
+        let Some(slot) = conns.get_mut(key).filter(|s| s.gen == gen) else {
+            debug_assert!(false, "recv completion for a freed slot");
+            return Ok(());
+        };
+        if !cqueue::more(flags) {
+            slot.recv_armed = false;
+        }
+        if res > 0 {
+            let bufs = bufs.as_mut().expect("buffer ring lives while serving");
+            let bid = cqueue::buffer_select(flags).expect("a recv with data names its buffer");
+            let n = res as usize;
+            Counters::add(&counters.bytes_in, n as u64);
+            let data = bufs.data(bid, n);
+            if slot.can_take_input(self.config.max_output) && !slot.has_parked() {
+                feed(slot, Some(data), spare, counters);
+            } else if !slot.closing && !slot.dead {
+                // Output is full: keep the bytes for later, unprocessed.
+                slot.io(spare).parked.extend_from_slice(data);
+            }
+            bufs.recycle(bid);
+        } else if res == 0 {
+            slot.eof = true;
+        } else {
+            match -res {
+                // The ring ran out of buffers, or we cancelled: pump re-arms
+                // if reading is still wanted.
+                libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                errno => {
+                    if !slot.dead && is_peer_gone(&io::Error::from_raw_os_error(errno)) {
+                        Counters::add(&counters.resets, 1);
+                    }
+                    slot.dead = true;
+                }
+            }
+        }
+        self.pump(key)
+    }
+
+    fn on_send(&mut self, key: usize, gen: u32, res: i32) -> io::Result<()> {
+        let Some(slot) = self.conns.get_mut(key).filter(|s| s.gen == gen) else {
+            debug_assert!(false, "send completion for a freed slot");
+            return Ok(());
+        };
+        slot.send_inflight = false;
+        if res >= 0 {
+            let n = res as usize;
+            Counters::add(&self.counters.bytes_out, n as u64);
+            self.counters
+                .pending_output
+                .fetch_sub(n as u64, Ordering::Relaxed);
+            let io = slot.io.as_mut().expect("a send in flight has buffers");
+            io.sent += n;
+            if io.sent >= io.sending.len() {
+                io.sending.clear();
+                io.sent = 0;
+            }
+        } else {
+            match -res {
+                libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                errno => {
+                    if !slot.dead && is_peer_gone(&io::Error::from_raw_os_error(errno)) {
+                        Counters::add(&self.counters.resets, 1);
+                    }
+                    slot.dead = true;
+                }
+            }
+        }
+        self.pump(key)
+    }
+
+    /// Moves one connection forward after a completion: parked input, EOF,
+    /// the next send, recv armed or cancelled, close.
+    fn pump(&mut self, key: usize) -> io::Result<()> {
+        let max_output = self.config.max_output;
+        let chunk = self.bufs.as_ref().map_or(MAX_BUFFER, |b| b.size() as usize);
+        let multishot = self.features.multishot_recv;
+        let Loop {
+            conns,
+            spare,
+            counters,
+            ..
+        } = self;
+        let Some(slot) = conns.get_mut(key) else {
+            return Ok(());
+        };
+        if !slot.dead {
+            // Parked input first, a buffer's worth at a time, while output
+            // has room: the handler never runs with the bound exceeded.
+            while slot.has_parked() && slot.can_take_input(max_output) {
+                let io = slot.io.as_mut().expect("parked input has buffers");
+                let parked = mem::take(&mut io.parked);
+                let n = parked.len().min(chunk);
+                feed(slot, Some(&parked[..n]), spare, counters);
+                let io = slot.io.as_mut().expect("still there");
+                io.parked = parked;
+                io.parked.drain(..n);
+            }
+            if slot.closing {
+                if let Some(io) = slot.io.as_mut() {
+                    io.parked.clear();
+                }
+            }
+            // The EOF comes after every byte before it.
+            if slot.eof && !slot.has_parked() && !slot.read_closed && !slot.closing {
+                slot.read_closed = true;
+                feed(slot, None, spare, counters);
+            }
+            if (slot.read_closed || slot.closing) && slot.pending() == 0 && !slot.send_inflight {
+                slot.dead = true;
+            }
+        }
+        let (fd, gen) = (slot.stream.as_raw_fd(), slot.gen);
+        if slot.dead {
+            let cancel_recv = slot.recv_armed && !slot.recv_cancelled;
+            let cancel_send = slot.send_inflight && !slot.send_cancelled;
+            slot.recv_cancelled |= cancel_recv;
+            slot.send_cancelled |= cancel_send;
+            if !slot.recv_armed && !slot.send_inflight {
+                // Nothing of ours is in flight: free the slot, close the fd.
+                let slot = self.conns.remove(key).expect("slot present");
+                self.counters
+                    .pending_output
+                    .fetch_sub(slot.pending() as u64, Ordering::Relaxed);
+                give_back(&mut self.spare, slot.io);
+                Counters::add(&self.counters.closed, 1);
+                return Ok(());
+            }
+            if cancel_recv {
+                self.cancel(user_data(Op::Recv, gen, key))?;
+            }
+            if cancel_send {
+                self.cancel(user_data(Op::Send, gen, key))?;
+            }
+            return Ok(());
+        }
+        // The next send: the rest of a partial one, else everything produced.
+        let mut send = None;
+        if !slot.send_inflight {
+            if let Some(io) = slot.io.as_mut() {
+                if io.sending.is_empty() && !io.out.is_empty() {
+                    // Swap, so both buffers keep their capacity.
+                    mem::swap(&mut io.sending, &mut io.out);
+                    io.sent = 0;
+                }
+                if io.sent < io.sending.len() {
+                    let rest = &io.sending[io.sent..];
+                    let len = rest.len().min(u32::MAX as usize) as u32;
+                    send = Some(
+                        opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build()
+                            .user_data(user_data(Op::Send, gen, key)),
+                    );
+                    slot.send_inflight = true;
+                    slot.send_cancelled = false;
+                }
+            }
+            slot.release_io(spare);
+        }
+        let wants_read = slot.wants_read(max_output);
+        let mut recv = None;
+        let mut cancel_recv = false;
+        if wants_read && !slot.recv_armed {
+            let bufs = self.bufs.as_ref().expect("buffer ring lives while serving");
+            let entry = if multishot {
+                opcode::RecvMulti::new(Fd(fd), bufs.bgid()).build()
+            } else {
+                opcode::Recv::new(Fd(fd), std::ptr::null_mut(), bufs.size())
+                    .buf_group(bufs.bgid())
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            };
+            recv = Some(entry.user_data(user_data(Op::Recv, gen, key)));
+            slot.recv_armed = true;
+            slot.recv_cancelled = false;
+        } else if !wants_read && slot.recv_armed && !slot.recv_cancelled && multishot {
+            // Backpressure (or the handler closed): stop the multishot recv.
+            // A single-shot recv just is not re-armed.
+            slot.recv_cancelled = true;
+            cancel_recv = true;
+        }
+        if let Some(entry) = send {
+            Counters::add(&self.counters.send_calls, 1);
+            // SAFETY: the entry points into the heap buffer of the slot's
+            // `io.sending`, which is neither touched, swapped, moved out nor
+            // freed while `send_inflight` is set (the Io box stays with the
+            // slot: `release_io` and `give_back` wait for the completion),
+            // and the slot is not freed before that completion either.
+            // Moving the Slot or the Box does not move the Vec's buffer.
+            unsafe { self.push(&entry)? };
+        }
+        if let Some(entry) = recv {
+            Counters::add(&self.counters.recv_calls, 1);
+            // SAFETY: the recv selects a buffer from the registered ring,
+            // which lives until every operation has completed (shutdown
+            // drains the ring first, or leaks the buffers).
+            unsafe { self.push(&entry)? };
+        }
+        if cancel_recv {
+            self.cancel(user_data(Op::Recv, gen, key))?;
+        }
+        Ok(())
+    }
+
+    /// Cancels every operation, waits for their completions, then frees
+    /// the buffers. Connections are closed as their operations end.
+    fn shutdown(&mut self) -> io::Result<()> {
+        self.stopping = true;
+        for key in 0..self.conns.capacity() {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.dead = true;
+                self.pump(key)?;
+            }
+        }
+        if self.accept_armed && !self.accept_cancelled {
+            self.accept_cancelled = true;
+            self.cancel(user_data(Op::Accept, 0, 0))?;
+        }
+        if self.timer_armed {
+            self.cancel(user_data(Op::Timer, 0, 0))?;
+        }
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        let ts = Timespec::new().nsec(100_000_000);
+        while (self.conns.len() > 0 || self.accept_armed || self.timer_armed)
+            && Instant::now() < deadline
+        {
+            if self.features.ext_arg {
+                Counters::add(&self.counters.wait_calls, 1);
+                let args = SubmitArgs::new().timespec(&ts);
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    Err(e) if retry_later(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.enter(1)?;
+            }
+            self.reap()?;
+        }
+        let drained = self.conns.len() == 0 && !self.accept_armed && !self.timer_armed;
+        if drained {
+            if let Some(b) = self.bufs.take() {
+                b.release(&self.ring);
+            }
+        } else {
+            // The kernel still owns operations that may write into these
+            // buffers: leaking them is the only safe choice.
+            eprintln!(
+                "iomux: uring: {} connections still had operations in flight after {DRAIN_LIMIT:?}; their buffers are leaked",
+                self.conns.len()
+            );
+            mem::forget(self.bufs.take());
+            mem::forget(mem::take(&mut self.conns));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of `io_uring_enter` that only mean "not now": interrupted, the
+/// completion queue is full (reap, then enter again), or a timed wait ended.
+fn retry_later(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(Op::Send, 0x12_3456, 987_654);
+        assert_eq!(decode(ud), (Op::Send as u64, 0x12_3456, 987_654));
+        assert_eq!(decode(user_data(Op::Recv, 0xffff_ffff, 1)).1, 0xff_ffff);
+    }
+
+    /// The path of kernels without multishot (single accept and recv per
+    /// submission) serves the same bytes, half-close included.
+    #[test]
+    fn single_shot_path_serves_and_stops() {
+        let Ok(probe) = crate::uring::probe() else {
+            eprintln!("skipped: io_uring unavailable");
+            return;
+        };
+        let features = Features {
+            multishot_accept: false,
+            multishot_recv: false,
+            ..probe.features
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Stop::new().unwrap();
+        let counters = Arc::new(Counters::default());
+        let config = Config {
+            read_chunk: 4096,
+            max_output: 64 * 1024,
+            ..Config::default()
+        };
+        let server = {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            std::thread::spawn(move || serve_with(features, listener, &config, &stop, &counters))
+        };
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let mut w = s.try_clone().unwrap();
+            let sent = input.clone();
+            let writer = std::thread::spawn(move || {
+                w.write_all(&sent).unwrap();
+                w.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            writer.join().unwrap();
+            assert!(out == crate::protocol::Protocol::Upper.expected(&input));
+        }
+        stop.stop();
+        server.join().unwrap().unwrap();
+        let s = counters.snapshot();
+        assert_eq!((s.accepted, s.closed, s.pending_output), (3, 3, 0));
+        assert!(s.peak_conn_output as usize <= config.max_output + config.read_chunk);
+    }
+}
