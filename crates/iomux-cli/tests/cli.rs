@@ -37,6 +37,15 @@ fn assert_one_line_error(out: &Output, needle: &str) {
 
 /// A server child, stopped by closing its stdin (`--control`) and killed
 /// (by its own PID) only if a test fails before that.
+/// The address `iomux serve` prints as the last word of its first line.
+fn address_in(first_line: &str) -> SocketAddr {
+    first_line
+        .split_whitespace()
+        .last()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first_line:?}"))
+}
+
 struct Served {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -66,11 +75,7 @@ impl Served {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first_line)
             .unwrap();
-        let addr = first_line
-            .split_whitespace()
-            .last()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+        let addr = address_in(&first_line);
         Served {
             child,
             stdin,
@@ -248,11 +253,7 @@ fn spawn_serve(extra: &[&str]) -> (Child, SocketAddr) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .split_whitespace()
-        .last()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = address_in(&line);
     (child, addr)
 }
 
@@ -486,11 +487,7 @@ fn uring_accept_errors_back_off_and_recover() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .last()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = address_in(&line);
     let mut stat = |name: &str| -> u64 {
         writeln!(stdin, "stats").unwrap();
         stdin.flush().unwrap();

@@ -328,26 +328,22 @@ fn run(backend: Backend, ops: &[Op]) {
                 tag,
                 interest,
                 mode,
-            } => {
-                let p = &mut pairs[pair];
-                let token = Token(pair * TAGS + tag);
-                let want = refusal(backend, mode, p.fd(), p.reg.is_some(), true);
-                let res = sel.register_with_mode(p.fd(), token, interest, mode);
-                if want.is_none() {
-                    p.reg = Some(fresh_reg(token, interest, mode));
-                }
-                check_result(res, want, &what);
             }
-            Op::Reregister {
+            | Op::Reregister {
                 pair,
                 tag,
                 interest,
                 mode,
             } => {
+                let first = matches!(op, Op::Register { .. });
                 let p = &mut pairs[pair];
                 let token = Token(pair * TAGS + tag);
-                let want = refusal(backend, mode, p.fd(), p.reg.is_some(), false);
-                let res = sel.reregister_with_mode(p.fd(), token, interest, mode);
+                let want = refusal(backend, mode, p.fd(), p.reg.is_some(), first);
+                let res = if first {
+                    sel.register_with_mode(p.fd(), token, interest, mode)
+                } else {
+                    sel.reregister_with_mode(p.fd(), token, interest, mode)
+                };
                 if want.is_none() {
                     p.reg = Some(fresh_reg(token, interest, mode));
                 }

@@ -350,7 +350,9 @@ impl Server {
         let edge = self.mode == Mode::Edge;
         let offload = self.config.offload_threads > 0;
         let draining = self.draining;
-        let before = self.counters_progress();
+        // Activity matters only to the idle timeout: skip the bookkeeping
+        // on the hot path when there is none.
+        let before = self.config.idle_timeout.map(|_| self.counters_progress());
         let Some(slot) = self.conns.get_mut(key) else {
             return; // closed earlier in this turn
         };
@@ -393,7 +395,7 @@ impl Server {
         if res.is_ok() && offload && reads > 0 {
             res = self.offload_read(r, key);
         }
-        if self.counters_progress() != before {
+        if before.is_some_and(|b| b != self.counters_progress()) {
             if let Some(slot) = self.conns.get_mut(key) {
                 slot.last_active = r.now();
             }
