@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use iomux::protocol::Protocol;
-use iomux::server::{Config, Counters, Model, Stop};
+use iomux::server::{Config, Counters, FdExhaustion, Model, Stop};
 
 /// Flags of `iomux serve`.
 #[derive(Args, Debug, Clone)]
@@ -40,7 +40,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// On SIGINT/SIGTERM, how long connections may take to receive the
-    /// output already produced before they are closed (select, poll, epoll).
+    /// output already produced before they are closed (select, poll, epoll),
+    /// or to finish with their clients (the other models).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,
     /// Worker threads of the pool model.
@@ -52,6 +53,12 @@ pub struct ServeArgs {
     /// Output bytes held per connection before reading from it pauses.
     #[arg(long, default_value_t = Config::default().max_output)]
     pub max_output: usize,
+    /// Out of fds (EMFILE/ENFILE): pause (stop accepting for 50 ms; waiting
+    /// clients are served once fds are free), reserve-fd (accept the waiting
+    /// clients with a spare fd and close them at once), or shed (close the
+    /// connection idle longest to make room; select, poll, epoll, uring).
+    #[arg(long, default_value_t = FdExhaustion::default())]
+    pub on_fd_exhaustion: FdExhaustion,
     /// Pin the server (all its threads) to this CPU.
     #[arg(long)]
     pub pin_cpu: Option<usize>,
@@ -105,7 +112,13 @@ fn block_stop_signals() -> Result<libc::sigset_t> {
 
 /// Starts a thread that waits for SIGINT or SIGTERM with `sigwait` and
 /// gives `stop`. No handler code runs in signal context.
-fn stop_on_signals(set: libc::sigset_t, stop: Stop) -> Result<()> {
+///
+/// The thread-based models stop accepting at once, but a connection thread
+/// (or the blocking model's one thread) sits in `recv` until its client
+/// closes. So the stop has a deadline: `drain` after the first signal, or at
+/// a second signal, the process exits (status 0: the stop was asked for and
+/// carried out), cutting off the connections still open.
+fn stop_on_signals(set: libc::sigset_t, stop: Stop, drain: Duration) -> Result<()> {
     std::thread::Builder::new()
         .name("iomux-signals".into())
         .spawn(move || {
@@ -114,9 +127,24 @@ fn stop_on_signals(set: libc::sigset_t, stop: Stop) -> Result<()> {
             // thread (inherited); `sig` is valid storage for the number.
             let rc = unsafe { libc::sigwait(&set, &mut sig) };
             if rc == 0 {
-                eprintln!("iomux: signal {sig} received; stopping");
+                eprintln!(
+                    "iomux: signal {sig} received; stopping (connections still open in {} ms are cut off; send it again to cut them now)",
+                    drain.as_millis()
+                );
             }
             stop.stop();
+            let timeout = libc::timespec {
+                tv_sec: drain.as_secs() as libc::time_t,
+                tv_nsec: drain.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `set` is an initialised signal set, `timeout` a valid
+            // timespec; the siginfo is not wanted (null is allowed).
+            let again = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+            eprintln!(
+                "iomux: {}: exiting with the connections still open cut off",
+                if again > 0 { "signal received again" } else { "drain timeout" }
+            );
+            std::process::exit(0);
         })
         .context("starting the signal thread")?;
     Ok(())
@@ -191,10 +219,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             0
         },
         catch_signals: loop_catches_signals,
+        on_fd_exhaustion: args.on_fd_exhaustion,
         ..Config::default()
     };
     config
-        .validate()
+        .validate_for(model)
         .map_err(|e| anyhow!("bad configuration: {e}"))?;
     if let Some(cpu) = args.pin_cpu {
         iomux::sys::pin_to_cpus(&[cpu]).with_context(|| format!("pinning to CPU {cpu}"))?;
@@ -203,7 +232,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let stop = Stop::new().context("creating the stop pipe")?;
     let set = block_stop_signals()?;
     if !loop_catches_signals {
-        stop_on_signals(set, stop.clone())?;
+        stop_on_signals(set, stop.clone(), args.drain_timeout)?;
     }
     let listener = bind(args.addr)?;
     iomux::sys::set_listen_backlog(&listener, BACKLOG).context("setting the listen backlog")?;

@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Config, Counters, Stop};
+use super::{Config, Counters, Reserve, Stop};
 use crate::protocol::{Action, Handler};
 
 pub(super) fn serve(
@@ -44,7 +44,8 @@ pub(super) fn serve(
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut buf = vec![0; config.read_chunk];
-    while let Some(stream) = accept(&listener, stop, counters)? {
+    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
         serve_conn(stream, config, counters, &mut buf);
         Counters::add(&counters.closed, 1);
     }
@@ -61,6 +62,7 @@ pub(super) fn accept(
     listener: &TcpListener,
     stop: &Stop,
     counters: &Counters,
+    reserve: &mut Reserve,
 ) -> io::Result<Option<TcpStream>> {
     loop {
         if stop.wait_readable(listener.as_raw_fd())? {
@@ -74,7 +76,7 @@ pub(super) fn accept(
             // WouldBlock (the connection vanished) goes straight back to
             // the poll; anything else is counted and backed off.
             Err(e) => {
-                super::accept_failed(&e, counters);
+                super::accept_failed(&e, listener.as_raw_fd(), reserve, counters);
             }
         }
     }

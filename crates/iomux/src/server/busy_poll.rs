@@ -5,7 +5,9 @@
 //!
 //! 1. if the [`Stop`] was given, close every connection and return;
 //! 2. try `accept` until it says `WouldBlock` (past [`Config::max_conns`] a
-//!    new connection is closed at once and counted in `refused`);
+//!    new connection is closed at once and counted in `refused`; after an
+//!    accept error such as `EMFILE`, accepting, not serving, pauses for
+//!    [`ACCEPT_BACKOFF`]);
 //! 3. for each connection, one try-`recv` (skipped while its pending output
 //!    has reached [`Config::max_output`]: backpressure), then one try-`send`
 //!    of its pending output, resuming where the last partial send stopped;
@@ -32,8 +34,9 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::{is_peer_gone, Config, Counters, Stop};
+use super::{is_peer_gone, Config, Counters, Reserve, Stop, ACCEPT_BACKOFF};
 use crate::conn::Conn;
 use crate::protocol::Builtin;
 
@@ -47,6 +50,9 @@ pub(super) fn serve(
     let mut conns: Vec<Conn<Builtin>> = Vec::new();
     let mut scratch = vec![0; config.read_chunk];
     let mut scratch_out = Vec::with_capacity(config.read_chunk);
+    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    // Accepting pauses after an accept error; the connections do not.
+    let mut paused_until: Option<Instant> = None;
     loop {
         if stop.is_stopped() {
             let n = conns.len() as u64;
@@ -56,7 +62,10 @@ pub(super) fn serve(
             Counters::add(&counters.closed, n);
             return Ok(());
         }
-        accept_all(&listener, &mut conns, config, counters);
+        if paused_until.is_none_or(|t| Instant::now() >= t) {
+            paused_until = accept_all(&listener, &mut conns, &mut reserve, config, counters)
+                .then(|| Instant::now() + ACCEPT_BACKOFF);
+        }
         let before = conns.len();
         let mut i = 0;
         while i < conns.len() {
@@ -77,13 +86,20 @@ pub(super) fn serve(
     }
 }
 
-/// Accepts until `WouldBlock`; an accept error is counted and backed off.
+/// Accepts until `WouldBlock`. Returns `true` after an accept error
+/// (counted): accepting must pause for [`ACCEPT_BACKOFF`]. The kernel takes
+/// the new fd before it looks for a connection, so out of fds `accept`
+/// fails at once even with nobody waiting, and this loop, which does not
+/// wait for readiness, would fail on every turn. With
+/// [`FdExhaustion::ReserveFd`](super::FdExhaustion::ReserveFd) the waiting
+/// clients are turned away first.
 fn accept_all(
     listener: &TcpListener,
     conns: &mut Vec<Conn<Builtin>>,
+    reserve: &mut Reserve,
     config: &Config,
     counters: &Counters,
-) {
+) -> bool {
     loop {
         match crate::sys::accept_nonblocking(listener.as_raw_fd()) {
             Ok(stream) => {
@@ -96,11 +112,15 @@ fn accept_all(
                     conns.push(Conn::new(stream, config.protocol.handler()));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                Counters::add(&counters.accept_errors, 1);
+            }
             Err(e) => {
-                super::accept_failed(&e, counters);
-                return;
+                Counters::add(&counters.accept_errors, 1);
+                reserve.turn_away(&e, listener.as_raw_fd(), counters);
+                return true;
             }
         }
     }

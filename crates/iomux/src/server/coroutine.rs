@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use super::readiness::READS_PER_TURN;
-use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
+use super::{is_peer_gone, Config, Counters, Reserve, Stop, ACCEPT_BACKOFF};
 use crate::conn::{Conn, ReadState};
 use crate::protocol::Builtin;
 use crate::reactor::task::{self, Async, Runtime};
@@ -93,6 +93,7 @@ async fn accept_loop(
         Vec::with_capacity(config.read_chunk),
     )));
     let live = Rc::new(Cell::new(0usize));
+    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
     loop {
         let accept = poll_fn(|cx| {
             if stop.poll_readable(cx).is_ready() {
@@ -133,10 +134,17 @@ async fn accept_loop(
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
                     Counters::add(&counters.accept_errors, 1);
                 }
-                Err(_) => {
+                Err(e) => {
                     // EMFILE and the like: retrying now fails the same way.
+                    // Turn the waiting clients away, or pause.
                     Counters::add(&counters.accept_errors, 1);
-                    backoff = true;
+                    let lfd = listener.get_ref().as_raw_fd();
+                    if reserve.turn_away(&e, lfd, &counters) {
+                        listener.clear_readable();
+                        drained = true;
+                    } else {
+                        backoff = true;
+                    }
                     break;
                 }
             }

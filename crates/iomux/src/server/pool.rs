@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::blocking::{accept, serve_conn};
 use super::threaded::STACK_SIZE;
+use super::Reserve;
 use super::{Config, Counters, Stop};
 
 /// The queue's receiving side, shared by the workers: one of them at a time
@@ -44,7 +45,8 @@ pub(super) fn serve(
     listener.set_nonblocking(true)?;
     let (queue, rx) = mpsc::sync_channel(config.max_conns);
     start_workers(&Arc::new(Mutex::new(rx)), config, counters)?;
-    while let Some(stream) = accept(&listener, stop, counters)? {
+    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
         enqueue(&queue, stream, counters)?;
     }
     Ok(())

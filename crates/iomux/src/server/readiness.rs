@@ -15,10 +15,13 @@
 //! * unsent output per connection is bounded by [`Config::max_output`]: a
 //!   peer that does not read is not read from either until it drains;
 //! * an idle connection holds no buffer (see [`crate::conn`]);
-//! * an accept that fails for lack of fds (`EMFILE`, `ENFILE`) takes the
-//!   listener out of the selector for [`ACCEPT_BACKOFF`] rather than being
+//! * an accept that fails for lack of fds (`EMFILE`, `ENFILE`) is never
 //!   retried in a tight loop (level-triggered readiness would report the
-//!   waiting connection again at once, forever);
+//!   waiting connection again at once, forever): as
+//!   [`Config::on_fd_exhaustion`] says, the listener leaves the selector
+//!   for [`ACCEPT_BACKOFF`], or the waiting clients are accepted and closed
+//!   with the spare fd, or the connection idle longest is closed to make
+//!   room (see [`FdExhaustion`]);
 //! * with select, a connection whose fd is at or above `FD_SETSIZE` is closed
 //!   at once and the log says why, once; the server keeps serving the rest.
 //!
@@ -54,7 +57,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
+use super::{is_peer_gone, Config, Counters, FdExhaustion, Reserve, Stop, ACCEPT_BACKOFF};
 use crate::conn::{Conn, Input, ReadState};
 use crate::protocol::{Action, Builtin, Handler};
 use crate::reactor::{IoId, Options, Reactor, TimerId};
@@ -131,6 +134,11 @@ struct Server {
     stop_io: Option<IoId>,
     /// The listener is paused until this timer fires.
     accept_paused: Option<TimerId>,
+    /// The spare fd of [`FdExhaustion::ReserveFd`].
+    reserve: Reserve,
+    /// Keep each connection's `last_active`: for the idle timeout, or to
+    /// pick the connection idle longest under [`FdExhaustion::Shed`].
+    track_activity: bool,
     conns: Slab<Slot>,
     next_serial: u64,
     /// The one input buffer of the loop.
@@ -226,6 +234,9 @@ pub(super) fn serve(
         listener_io: Some(listener_io),
         stop_io: Some(stop_io),
         accept_paused: None,
+        reserve: Reserve::new(config.on_fd_exhaustion)?,
+        track_activity: config.idle_timeout.is_some()
+            || config.on_fd_exhaustion == FdExhaustion::Shed,
         conns: Slab::default(),
         next_serial: 0,
         scratch: vec![0; config.read_chunk],
@@ -302,12 +313,22 @@ impl Server {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
                     Counters::add(&self.counters.accept_errors, 1);
                 }
-                Err(_) => {
+                Err(e) => {
                     // EMFILE, ENFILE and anything unexpected: retrying now
                     // would fail the same way, and level-triggered
                     // readiness would report the waiting connection again
-                    // at once, forever. Take the listener out for a while.
+                    // at once, forever. Turn the waiting clients away, make
+                    // room, or take the listener out for a while.
                     Counters::add(&self.counters.accept_errors, 1);
+                    if self.reserve.turn_away(&e, lfd, &self.counters) {
+                        return;
+                    }
+                    if self.reserve.policy() == FdExhaustion::Shed
+                        && sys::is_resource_exhaustion(&e)
+                        && self.shed_idle(r)
+                    {
+                        continue;
+                    }
                     self.pause_accept(r);
                     return;
                 }
@@ -326,6 +347,34 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// [`FdExhaustion::Shed`]: closes the connection idle longest that has
+    /// nothing pending in either direction (no output unsent, no input
+    /// unread or with the handler), so closing it loses no byte. `false`
+    /// if no connection qualifies.
+    fn shed_idle(&mut self, r: &mut Reactor<Server>) -> bool {
+        let mut victim: Option<(Instant, usize)> = None;
+        for key in 0..self.conns.capacity() {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let busy = slot.lingering
+                || slot.maybe_readable
+                || slot.peer_closed
+                || slot.parked.is_some()
+                || slot.conn.handler_lent()
+                || slot.conn.wants_write();
+            if !busy && victim.is_none_or(|(t, _)| slot.last_active < t) {
+                victim = Some((slot.last_active, key));
+            }
+        }
+        let Some((_, key)) = victim else {
+            return false;
+        };
+        Counters::add(&self.counters.idle_closed, 1);
+        self.close(r, key);
+        true
     }
 
     fn pause_accept(&mut self, r: &mut Reactor<Server>) {
@@ -350,9 +399,9 @@ impl Server {
         let edge = self.mode == Mode::Edge;
         let offload = self.config.offload_threads > 0;
         let draining = self.draining;
-        // Activity matters only to the idle timeout: skip the bookkeeping
-        // on the hot path when there is none.
-        let before = self.config.idle_timeout.map(|_| self.counters_progress());
+        // Activity matters only to the idle timeout and to shedding: skip
+        // the bookkeeping on the hot path when neither is on.
+        let before = self.track_activity.then(|| self.counters_progress());
         let Some(slot) = self.conns.get_mut(key) else {
             return; // closed earlier in this turn
         };

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::blocking::{accept, serve_conn};
+use super::Reserve;
 use super::{Config, Counters, Stop};
 
 /// Stack of each connection thread. The read buffer lives on the heap, so
@@ -39,7 +40,8 @@ pub(super) fn serve(
     listener.set_nonblocking(true)?;
     let live = Arc::new(AtomicUsize::new(0));
     let mut spawn_failed = false;
-    while let Some(stream) = accept(&listener, stop, counters)? {
+    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
         if live.load(Ordering::Acquire) >= config.max_conns {
             drop(stream);
             Counters::add(&counters.refused, 1);

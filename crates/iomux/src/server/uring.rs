@@ -11,7 +11,11 @@
 //! * the listener has one multishot accept armed (one accept per
 //!   connection on kernels before 5.19); an accept error other than
 //!   `ECONNABORTED` stops accepting and arms a timeout of
-//!   [`ACCEPT_BACKOFF`], so `EMFILE` cannot make the loop spin;
+//!   [`ACCEPT_BACKOFF`], so `EMFILE` cannot make the loop spin (the
+//!   kernel's accept takes the fd first, so out of fds it fails even with
+//!   nobody waiting); before the pause, [`FdExhaustion::ReserveFd`] turns
+//!   the waiting clients away and [`FdExhaustion::Shed`] closes as many
+//!   idle connections as clients wait (at most [`SHED_BATCH`]);
 //! * every connection has one multishot recv armed (one recv per message
 //!   before 6.0) that takes a buffer from the shared provided-buffer ring
 //!   only when data arrives: an idle connection holds no buffer;
@@ -47,11 +51,15 @@ use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::readiness::Slab;
-use super::{is_peer_gone, Config, Counters, Stop, ACCEPT_BACKOFF};
+use super::{is_peer_gone, Config, Counters, FdExhaustion, Reserve, Stop, ACCEPT_BACKOFF};
 use crate::protocol::{Action, Builtin, Handler};
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
 
+/// Most connections shed per accept pause: their fds close only once
+/// their cancelled recvs complete, so the loop cannot shed one and retry at
+/// once as the readiness loop does.
+const SHED_BATCH: u32 = 64;
 /// Submission queue slots (completion queue: four times as many).
 const SQ_ENTRIES: u32 = 1024;
 /// Buffers in the provided-buffer ring, shared by every connection.
@@ -140,6 +148,9 @@ struct Slot {
     closing: bool,
     /// Closing: waiting for in-flight operations, then freed.
     dead: bool,
+    /// The loop's turn when a byte last moved either way: picks the
+    /// connection idle longest under [`FdExhaustion::Shed`].
+    last_active: u64,
 }
 
 impl Slot {
@@ -234,6 +245,11 @@ struct Loop<'a> {
     stopping: bool,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
+    /// The spare fd of [`FdExhaustion::ReserveFd`].
+    reserve: Reserve,
+    /// Turns of the loop so far: the clock of `Slot::last_active`, which
+    /// costs no syscall.
+    turn: u64,
 }
 
 pub(super) fn serve(
@@ -278,6 +294,8 @@ pub(super) fn serve_with(
         stopping: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
+        reserve: Reserve::new(config.on_fd_exhaustion)?,
+        turn: 0,
     };
     lp.run()
 }
@@ -296,6 +314,7 @@ impl Loop<'_> {
                 b.publish();
             }
             self.enter(1)?;
+            self.turn += 1;
             self.reap()?;
         }
         self.shutdown()
@@ -425,6 +444,7 @@ impl Loop<'_> {
                     read_closed: false,
                     closing: false,
                     dead: false,
+                    last_active: self.turn,
                 });
                 self.pump(key)?;
             }
@@ -433,10 +453,30 @@ impl Loop<'_> {
                 libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
                 // The client gave up between SYN and accept: next one.
                 libc::ECONNABORTED => Counters::add(&self.counters.accept_errors, 1),
-                _ => {
+                errno => {
                     // EMFILE, ENFILE and anything unexpected: retrying now
-                    // would fail the same way. Pause, then try again.
+                    // would fail the same way. The kernel's accept takes the
+                    // fd before it looks for a connection, so out of fds it
+                    // fails at once even with nobody waiting: always pause.
+                    // Before that, turn the waiting clients away (reserve-fd)
+                    // or make room (shed: the victim's fd closes once its
+                    // recv is cancelled, within the pause).
                     Counters::add(&self.counters.accept_errors, 1);
+                    let e = io::Error::from_raw_os_error(errno);
+                    let lfd = self.listener.as_raw_fd();
+                    self.reserve.turn_away(&e, lfd, self.counters);
+                    if self.reserve.policy() == FdExhaustion::Shed
+                        && crate::sys::is_resource_exhaustion(&e)
+                    {
+                        // Room for every client waiting (victims close
+                        // within the pause), at most SHED_BATCH per pause.
+                        let waiting = crate::sys::accept_queue_len(lfd).unwrap_or(1);
+                        for _ in 0..waiting.clamp(1, SHED_BATCH) {
+                            if !self.shed_idle()? {
+                                break;
+                            }
+                        }
+                    }
                     self.accept_backoff = true;
                     if self.accept_armed && !self.accept_cancelled {
                         self.accept_cancelled = true;
@@ -445,6 +485,40 @@ impl Loop<'_> {
                 }
             }
         }
+        self.rearm_accept()
+    }
+
+    /// [`FdExhaustion::Shed`]: closes the connection idle longest that has
+    /// nothing pending in either direction (no output unsent or in flight,
+    /// no input parked, no EOF to hand on), counted in `idle_closed`. Its
+    /// fd closes once its recv is cancelled. `false` if none qualifies.
+    fn shed_idle(&mut self) -> io::Result<bool> {
+        let mut victim: Option<(u64, usize)> = None;
+        for key in 0..self.conns.capacity() {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let busy = slot.dead
+                || slot.closing
+                || slot.eof
+                || slot.send_inflight
+                || slot.pending() > 0
+                || slot.has_parked();
+            if !busy && victim.is_none_or(|(t, _)| slot.last_active < t) {
+                victim = Some((slot.last_active, key));
+            }
+        }
+        let Some((_, key)) = victim else {
+            return Ok(false);
+        };
+        Counters::add(&self.counters.idle_closed, 1);
+        self.conns.get_mut(key).expect("victim present").dead = true;
+        self.pump(key)?;
+        Ok(true)
+    }
+
+    /// Arms accept again if it ended, or the back-off timer if paused.
+    fn rearm_accept(&mut self) -> io::Result<()> {
         if !self.accept_armed && !self.stopping {
             if !self.accept_backoff {
                 self.arm_accept()?;
@@ -480,6 +554,7 @@ impl Loop<'_> {
             let bufs = bufs.as_mut().expect("buffer ring lives while serving");
             let bid = cqueue::buffer_select(flags).expect("a recv with data names its buffer");
             let n = res as usize;
+            slot.last_active = self.turn;
             Counters::add(&counters.bytes_in, n as u64);
             let data = bufs.data(bid, n);
             if slot.can_take_input(self.config.max_output) && !slot.has_parked() {
@@ -515,6 +590,7 @@ impl Loop<'_> {
         slot.send_inflight = false;
         if res >= 0 {
             let n = res as usize;
+            slot.last_active = self.turn;
             Counters::add(&self.counters.bytes_out, n as u64);
             self.counters
                 .pending_output

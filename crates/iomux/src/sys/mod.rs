@@ -183,6 +183,41 @@ pub fn accept_nonblocking(listener: RawFd) -> io::Result<std::net::TcpStream> {
     Ok(s)
 }
 
+/// Whether `fd` is readable right now (a `poll` that does not wait): for a
+/// listener, whether a connection is waiting, so that an `accept` on it
+/// cannot block even if the listener is blocking.
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let n = unsafe { syscall!(poll(&mut pfd, 1, 0)) };
+    matches!(n, Ok(1)) && pfd.revents & libc::POLLIN != 0
+}
+
+/// How many connections wait in a listener's accept queue (Linux reports
+/// it in `tcpi_unacked` of a listening socket's `TCP_INFO`).
+#[cfg(target_os = "linux")]
+pub fn accept_queue_len(listener: RawFd) -> io::Result<u32> {
+    // SAFETY: all-zero is a valid tcp_info (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable storage of `len` bytes; the kernel writes
+    // at most `len` and updates it.
+    unsafe {
+        syscall!(getsockopt(
+            listener,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len
+        ))?
+    };
+    Ok(info.tcpi_unacked)
+}
+
 /// Whether an accept error means the process or system is out of a
 /// resource (fds, memory): retrying at once would fail again, so the
 /// caller must pause accepting instead of spinning.
