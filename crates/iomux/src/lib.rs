@@ -29,6 +29,26 @@
 //! | busy-poll | nobody: `recv` returns `EAGAIN` and the loop spins | the thread | 1, a full core |
 //! | select / poll / epoll | the one thread, in the selector | the thread, after readiness | 1 |
 //! | uring | the kernel | the kernel, into a provided buffer | 1 |
+//!
+//! # Serving in four lines
+//!
+//! Every model serves the same handler; a test, a bench or an application
+//! starts one on a thread of its own and talks to it over loopback:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use iomux::server::{Config, Model, Server};
+//!
+//! let server = Server::spawn(Model::auto(), "127.0.0.1:0".parse()?, Config::default())?;
+//! let mut client = std::net::TcpStream::connect(server.addr())?;
+//! client.write_all(b"hello, iomux")?;
+//! let mut reply = [0; 12];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(&reply, b"HELLO, IOMUX");
+//! drop(client);
+//! server.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

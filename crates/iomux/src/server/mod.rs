@@ -267,6 +267,16 @@ impl Config {
     /// [`validate`](Config::validate), and whether `model` can follow
     /// every setting.
     ///
+    /// ```
+    /// use iomux::server::{Config, FdExhaustion, Model};
+    ///
+    /// let shed = Config { on_fd_exhaustion: FdExhaustion::Shed, ..Config::default() };
+    /// assert!(shed.validate_for(Model::Epoll).is_ok());
+    /// // A thread per connection: no one loop can pick a connection to close.
+    /// let err = shed.validate_for(Model::Threaded).unwrap_err();
+    /// assert!(err.to_string().contains("use reserve-fd or pause"));
+    /// ```
+    ///
     /// # Errors
     /// As `validate`, or `InvalidInput` naming the setting `model` lacks.
     pub fn validate_for(&self, model: Model) -> io::Result<()> {
@@ -350,6 +360,16 @@ impl fmt::Display for FdExhaustion {
     }
 }
 
+/// Parses the CLI's names: `pause`, `reserve-fd`, `shed`.
+///
+/// ```
+/// use iomux::server::FdExhaustion;
+///
+/// let p: FdExhaustion = "reserve-fd".parse().unwrap();
+/// assert_eq!(p, FdExhaustion::ReserveFd);
+/// assert_eq!(p.to_string(), "reserve-fd");
+/// assert!("drop".parse::<FdExhaustion>().is_err());
+/// ```
 impl FromStr for FdExhaustion {
     type Err = String;
 
