@@ -1,0 +1,271 @@
+//! Every program in `examples/`, run as a user runs it: each server as a
+//! child process on `127.0.0.1:0`, answering clients here; the two clients
+//! against a server.
+//!
+//! `cargo test` builds the examples before it runs any test, into
+//! `target/<profile>/examples/`, beside the `deps/` folder that holds this
+//! test's own binary: that is where they are found. (`cargo test --test
+//! examples` alone does not build them: run `cargo build --examples` first.)
+//! Each child is killed by its own PID once its test is done, or fails.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+use util::{set_linger_zero, Rng, GENEROUS};
+
+/// How long a client that sends before it reads waits for its sends to
+/// finish before it reads anyway (the server stopped reading it).
+const STUCK: Duration = Duration::from_millis(200);
+
+/// The path of a built example.
+fn example(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: `cargo test` builds the examples; with `--test examples` alone, run `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// A server example running as a child process, killed on drop.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Served {
+    /// Starts `name` on `127.0.0.1:0` and reads the address it prints as the
+    /// last word of its first line.
+    fn start(name: &str) -> Served {
+        let mut child = Command::new(example(name))
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut first = String::new();
+            let _ = stdout.read_line(&mut first);
+            let _ = tx.send(first);
+            // Keep reading, so that the server never blocks on a full pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        // Owned by the guard before anything can fail: a panic kills it.
+        let mut served = Served {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let first = rx
+            .recv_timeout(GENEROUS)
+            .unwrap_or_else(|_| panic!("{name} printed no address"));
+        served.addr = first
+            .split_whitespace()
+            .last()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no address in {first:?}"));
+        served
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connecting to the example");
+        stream.set_read_timeout(Some(GENEROUS)).unwrap();
+        stream.set_write_timeout(Some(GENEROUS)).unwrap();
+        stream
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection whose receive buffer is a few KiB: set before connecting,
+/// which also keeps the kernel from growing it.
+fn connect_with_small_window(addr: SocketAddr) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&addr.into())
+        .expect("connecting to the example");
+    let stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    stream.set_write_timeout(Some(GENEROUS)).unwrap();
+    stream
+}
+
+/// One message and its reply on a fresh connection.
+fn round_trip(server: &Served) {
+    let mut stream = server.connect();
+    stream.write_all(b"hello, World 1").unwrap();
+    let mut reply = [0; 14];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"HELLO, WORLD 1");
+}
+
+/// Runs the checks every server must pass.
+fn check_server(name: &str, concurrent: bool) {
+    let server = Served::start(name);
+
+    // A connected client that says nothing must not hold up the others
+    // (the blocking server serves one client at a time, by design).
+    let idle = concurrent.then(|| server.connect());
+    round_trip(&server);
+
+    // A client that resets its connection ends that connection only.
+    let reset = server.connect();
+    (&reset).write_all(b"about to reset").unwrap();
+    set_linger_zero(&reset);
+    drop(reset);
+
+    // A client that sends 8 MiB before it reads anything, with a receive
+    // buffer of a few KiB: the server's send buffer (4 MiB at most, Linux's
+    // default `tcp_wmem`) cannot hold the reply, so its sends come back short
+    // or with `WouldBlock`, and it must keep the rest (a mutant that drops
+    // what the kernel refused fails here). The client starts reading once it
+    // has sent everything, or once the server has stopped reading it
+    // (backpressure) for STUCK. The reply must come back whole and in order,
+    // and the server must close after the client's EOF.
+    let input = Rng::new(8).bytes(8 << 20);
+    let mut stream = connect_with_small_window(server.addr);
+    let (sent_tx, sent) = mpsc::channel();
+    let writer = {
+        let (mut stream, input) = (stream.try_clone().unwrap(), input.clone());
+        std::thread::spawn(move || {
+            let res = stream
+                .write_all(&input)
+                .and_then(|()| stream.shutdown(Shutdown::Write));
+            let _ = sent_tx.send(());
+            res
+        })
+    };
+    let _ = sent.recv_timeout(STUCK);
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("the reply, then EOF");
+    writer.join().unwrap().expect("sending 8 MiB");
+    assert!(reply == input.to_ascii_uppercase(), "{name}: wrong reply");
+
+    round_trip(&server);
+    drop(idle);
+}
+
+#[test]
+fn blocking_server() {
+    check_server("blocking_server", false);
+}
+
+#[test]
+fn pool_server() {
+    check_server("pool_server", true);
+}
+
+#[test]
+fn busy_poll_server() {
+    check_server("busy_poll_server", true);
+}
+
+#[test]
+fn select_server() {
+    check_server("select_server", true);
+}
+
+#[test]
+fn epoll_server() {
+    check_server("epoll_server", true);
+}
+
+#[test]
+fn selectors_server() {
+    check_server("selectors_server", true);
+}
+
+#[test]
+fn event_driven_server() {
+    check_server("event_driven_server", true);
+}
+
+/// Runs a client example to completion with `input` on its stdin; killed
+/// if it takes longer than `GENEROUS`.
+fn run_client(name: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap(); // closed here: EOF
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).map(|_| buf)
+    });
+    let deadline = Instant::now() + GENEROUS;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().unwrap(),
+        stderr: err.join().unwrap().unwrap(),
+    }
+}
+
+#[test]
+fn interactive_client_answers_each_line_until_the_input_ends() {
+    let server = Served::start("epoll_server");
+    let addr = server.addr.to_string();
+    let out = run_client(
+        "interactive_client",
+        &[&addr],
+        b"hello\n\nSome Words 2\nq\nnot sent\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HELLO\nSOME WORDS 2\n"
+    );
+}
+
+#[test]
+fn bulk_client_reports_its_rate() {
+    let server = Served::start("selectors_server");
+    let addr = server.addr.to_string();
+    let out = run_client("bulk_client", &[&addr, "2000"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("2000 round trips in "), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" round trips/s"), "{stdout}");
+}
