@@ -3,21 +3,22 @@
 //!
 //! After its address line, the server reads its stdin line by line. For each
 //! `stats` line it prints one line, `stats name=value name=value ...`, with
-//! every [`Counters`] field and `cpu_us`, the process's CPU time in
-//! microseconds. When its stdin closes (the bench is done, or died), it stops.
+//! every [`Counters`](iomux::server::Counters) field summed over the
+//! server's loops, `cpu_us`, the process's CPU time in microseconds, `loops`,
+//! and each loop's `accepted` as `loop0_accepted`, `loop1_accepted`, ...
+//! When its stdin closes (the bench is done, or died), it stops.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
-use iomux::server::{Counters, Stop};
+use iomux::server::{ServerCounters, Stop};
 
 /// One `stats` answer line (without the newline).
-pub fn format_stats(counters: &Counters) -> String {
+pub fn format_stats(counters: &ServerCounters) -> String {
     let s = counters.snapshot();
     let cpu_us = iomux::sys::process_cpu_time().map_or(0, |d| d.as_micros() as u64);
-    format!(
+    let mut line = format!(
         "stats accepted={} refused={} closed={} resets={} accept_errors={} bytes_in={} bytes_out={} \
          recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} idle_closed={} offloaded={} stalls={} cpu_us={}",
         s.accepted,
@@ -37,7 +38,14 @@ pub fn format_stats(counters: &Counters) -> String {
         s.offloaded,
         s.stalls,
         cpu_us
-    )
+    );
+    let loops = counters.loops();
+    line += &format!(" loops={}", loops.len());
+    for (i, c) in loops.iter().enumerate() {
+        let accepted = c.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        line += &format!(" loop{i}_accepted={accepted}");
+    }
+    line
 }
 
 /// Parses a `stats` answer line into its fields.
@@ -58,7 +66,7 @@ pub fn parse_stats(line: &str) -> Result<HashMap<String, u64>> {
 
 /// Serves the control channel on stdin/stdout until stdin closes, then
 /// gives `stop`. Runs on its own thread.
-pub fn run(counters: Arc<Counters>, stop: Stop) {
+pub fn run(counters: ServerCounters, stop: Stop) {
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     for line in stdin.lock().lines() {
@@ -74,15 +82,20 @@ pub fn run(counters: Arc<Counters>, stop: Stop) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iomux::server::Counters;
 
     #[test]
     fn stats_line_round_trips() {
-        let c = Counters::default();
-        Counters::add(&c.accepted, 3);
-        Counters::add(&c.bytes_out, 1234);
+        let c = ServerCounters::new(2);
+        Counters::add(&c.loops()[0].accepted, 3);
+        Counters::add(&c.loops()[1].accepted, 4);
+        Counters::add(&c.loops()[1].bytes_out, 1234);
         let parsed = parse_stats(&format_stats(&c)).unwrap();
-        assert_eq!(parsed["accepted"], 3);
+        assert_eq!(parsed["accepted"], 7);
         assert_eq!(parsed["bytes_out"], 1234);
+        assert_eq!(parsed["loops"], 2);
+        assert_eq!(parsed["loop0_accepted"], 3);
+        assert_eq!(parsed["loop1_accepted"], 4);
         assert!(parsed.contains_key("cpu_us"));
         assert!(parse_stats("nonsense a=1").is_err());
     }

@@ -9,12 +9,11 @@
 //! zero, since tokio does not expose them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use iomux::protocol::{Action, Handler, Protocol};
-use iomux::server::{Counters, Stop};
+use iomux::server::{Counters, ServerCounters, Stop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Flags of `iomux peer-tokio`.
@@ -44,7 +43,8 @@ pub fn run(args: &PeerArgs) -> Result<()> {
         .enable_time()
         .build()
         .context("building the tokio runtime")?;
-    let counters = Arc::new(Counters::default());
+    let all = ServerCounters::new(1);
+    let counters = all.loops()[0].clone();
     let stop = Stop::new()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
@@ -56,7 +56,7 @@ pub fn run(args: &PeerArgs) -> Result<()> {
             listener.local_addr()?
         );
         if args.control {
-            let (c, s) = (counters.clone(), stop.clone());
+            let (c, s) = (all.clone(), stop.clone());
             std::thread::spawn(move || crate::control::run(c, s));
         }
         let (tx, mut stopped) = tokio::sync::mpsc::channel::<()>(1);

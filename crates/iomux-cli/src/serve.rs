@@ -3,13 +3,12 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use iomux::protocol::Protocol;
-use iomux::server::{Config, Counters, FdExhaustion, Model, Stop};
+use iomux::server::{Config, FdExhaustion, Model, ServerCounters, Stop};
 
 /// Flags of `iomux serve`.
 #[derive(Args, Debug, Clone)]
@@ -47,9 +46,15 @@ pub struct ServeArgs {
     /// Worker threads of the pool model.
     #[arg(long, default_value_t = Config::default().workers)]
     pub workers: usize,
-    /// Connections served at once; more are accepted and closed at once.
+    /// Connections served at once, per loop; more are accepted and closed
+    /// at once.
     #[arg(long, default_value_t = Config::default().max_conns)]
     pub max_conns: usize,
+    /// Event loops, each on its own thread with its own listener on the
+    /// same port (SO_REUSEPORT: the kernel spreads connections over them);
+    /// epoll, coroutine and uring.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Output bytes held per connection before reading from it pauses.
     #[arg(long, default_value_t = Config::default().max_output)]
     pub max_output: usize,
@@ -59,9 +64,9 @@ pub struct ServeArgs {
     /// connection idle longest to make room; select, poll, epoll, uring).
     #[arg(long, default_value_t = FdExhaustion::default())]
     pub on_fd_exhaustion: FdExhaustion,
-    /// Pin the server (all its threads) to this CPU.
-    #[arg(long)]
-    pub pin_cpu: Option<usize>,
+    /// Pin the server (all its threads) to these CPUs, e.g. 0 or 0,1.
+    #[arg(long, value_delimiter = ',')]
+    pub pin_cpu: Vec<usize>,
     /// Answer `stats` lines on stdin with the server's counters, and stop
     /// when stdin closes (how `iomux bench` drives a server).
     #[arg(long)]
@@ -72,9 +77,9 @@ pub struct ServeArgs {
 /// connections in a burst (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
-/// Binds `addr`, turning the common failures into advice.
-pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    match TcpListener::bind(addr) {
+/// Binds `addr` once per loop, turning the common failures into advice.
+pub fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<TcpListener>> {
+    match iomux::server::bind_loops(addr, threads) {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(anyhow!(
             "address {addr} is in use; pick another with --addr, or port 0 for any free one"
@@ -189,6 +194,12 @@ fn check_flags(args: &ServeArgs) -> Result<Protocol> {
             bail!("{flag} needs an event-loop model (select, poll or epoll); {model} does not run on the reactor");
         }
     }
+    if args.threads > 1 && !model.supports_threads() {
+        bail!(
+            "--threads {}: model {model} runs one loop; --threads is for epoll, coroutine and uring",
+            args.threads
+        );
+    }
     Ok(protocol)
 }
 
@@ -203,8 +214,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         bail!("model {model} is not available on this platform; use --model auto");
     }
     let protocol = check_flags(args)?;
-    // The readiness models drain on SIGINT/SIGTERM in their own loop; the
-    // others stop through a sigwait thread.
+    // The readiness models drain on SIGINT/SIGTERM in their own loop (with
+    // several loops, serve_loops catches them for all); the others stop
+    // through a sigwait thread.
     let loop_catches_signals = model.backend().is_some();
     let config = Config {
         protocol,
@@ -220,13 +232,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         },
         catch_signals: loop_catches_signals,
         on_fd_exhaustion: args.on_fd_exhaustion,
+        threads: args.threads,
         ..Config::default()
     };
     config
         .validate_for(model)
         .map_err(|e| anyhow!("bad configuration: {e}"))?;
-    if let Some(cpu) = args.pin_cpu {
-        iomux::sys::pin_to_cpus(&[cpu]).with_context(|| format!("pinning to CPU {cpu}"))?;
+    if !args.pin_cpu.is_empty() {
+        iomux::sys::pin_to_cpus(&args.pin_cpu)
+            .with_context(|| format!("pinning to CPUs {:?}", args.pin_cpu))?;
     }
     iomux::sys::ignore_sigpipe().context("ignoring SIGPIPE")?;
     let stop = Stop::new().context("creating the stop pipe")?;
@@ -234,12 +248,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if !loop_catches_signals {
         stop_on_signals(set, stop.clone(), args.drain_timeout)?;
     }
-    let listener = bind(args.addr)?;
-    iomux::sys::set_listen_backlog(&listener, BACKLOG).context("setting the listen backlog")?;
-    let addr = listener.local_addr()?;
+    let listeners = bind(args.addr, args.threads)?;
+    for listener in &listeners {
+        iomux::sys::set_listen_backlog(listener, BACKLOG).context("setting the listen backlog")?;
+    }
+    let addr = listeners[0].local_addr()?;
     // The bench reads the address as the last word of this line.
-    println!("iomux: serving {protocol} with model {model} on {addr}");
-    let counters = Arc::new(Counters::default());
+    if args.threads > 1 {
+        println!(
+            "iomux: serving {protocol} with model {model}, {} threads (a loop and a listener each), on {addr}",
+            args.threads
+        );
+    } else {
+        println!("iomux: serving {protocol} with model {model} on {addr}");
+    }
+    let counters = ServerCounters::new(args.threads);
     if args.control {
         let (c, s) = (counters.clone(), stop.clone());
         std::thread::Builder::new()
@@ -247,12 +270,22 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .spawn(move || crate::control::run(c, s))
             .context("starting the control thread")?;
     }
-    iomux::server::serve(model, listener, &config, &stop, &counters)
+    iomux::server::serve_loops(model, listeners, &config, &stop, &counters)
         .with_context(|| format!("model {model} failed"))?;
     if !args.control {
         let s = counters.snapshot();
+        let per_loop = if args.threads > 1 {
+            let n: Vec<String> = counters
+                .loops()
+                .iter()
+                .map(|c| c.snapshot().accepted.to_string())
+                .collect();
+            format!(", accepted per loop: {}", n.join(", "))
+        } else {
+            String::new()
+        };
         eprintln!(
-            "iomux: stopped after {} connections ({} refused, {} closed idle), {} bytes in, {} bytes out",
+            "iomux: stopped after {} connections ({} refused, {} closed idle), {} bytes in, {} bytes out{per_loop}",
             s.accepted, s.refused, s.idle_closed, s.bytes_in, s.bytes_out
         );
     }

@@ -303,6 +303,8 @@ fn bench_smoke_measures_every_requested_model() {
             "0.2",
             "--mem-conns",
             "50",
+            "--server-threads",
+            "1,2",
             "--json",
         ])
         .arg(&json)
@@ -314,6 +316,30 @@ fn bench_smoke_measures_every_requested_model() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     let runs = report["runs"].as_array().unwrap();
+    // epoll also ran with two loops; the others, which run one, did not.
+    for shape in ["closed", "paced"] {
+        let row = runs
+            .iter()
+            .find(|r| r["model"] == "epoll" && r["threads"] == 2 && r["shape"] == shape)
+            .unwrap_or_else(|| panic!("no {shape} row for epoll with 2 loops"));
+        assert!(
+            row["status"].is_null(),
+            "epoll x2 {shape}: {}",
+            row["status"]
+        );
+        assert!(row["rt_per_s"].as_f64().unwrap() > 0.0);
+        let per_loop: Vec<u64> = row["loop_conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!(per_loop.len(), 2, "{per_loop:?}");
+        assert_eq!(per_loop.iter().sum::<u64>(), 8, "{per_loop:?}");
+    }
+    assert!(!runs
+        .iter()
+        .any(|r| r["threads"] != 1 && r["model"] != "epoll"));
     for model in ["threaded", "epoll", "busy-poll", "tokio"] {
         for shape in ["closed", "paced"] {
             let row = runs
@@ -340,7 +366,20 @@ fn bench_smoke_measures_every_requested_model() {
 
 #[test]
 fn sigterm_with_busy_clients_drains_and_exits_zero() {
-    let (child, addr) = spawn_serve(&["--model", "epoll", "--drain-timeout", "3s"]);
+    for threads in ["1", "2"] {
+        sigterm_with_busy_clients(threads);
+    }
+}
+
+fn sigterm_with_busy_clients(threads: &str) {
+    let (child, addr) = spawn_serve(&[
+        "--model",
+        "epoll",
+        "--drain-timeout",
+        "3s",
+        "--threads",
+        threads,
+    ]);
     // Busy clients: round trips back to back, every reply checked, until
     // the server ends the connection (bounded in count).
     let clients: Vec<_> = (0..20)
@@ -365,12 +404,69 @@ fn sigterm_with_busy_clients_drains_and_exits_zero() {
     std::thread::sleep(Duration::from_millis(300));
     sigterm(&child);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
+    assert!(out.status.success(), "{threads} threads: {:?}", out.status);
     let err = stderr(&out);
     assert!(err.contains("SIGTERM received: draining"), "{err}");
     for c in clients {
         assert!(c.join().unwrap() > 0, "a client made no round trip");
     }
+}
+
+#[test]
+fn threads_serve_with_a_loop_each_and_stop_on_sigterm() {
+    let mut models = vec!["epoll", "coroutine"];
+    match iomux::uring::probe() {
+        Ok(_) => models.push("uring"),
+        Err(why) => eprintln!("uring skipped: {why}"),
+    }
+    for model in models {
+        let (child, addr) = spawn_serve(&["--model", model, "--threads", "2"]);
+        for i in 0..16 {
+            let line = format!("client {i} of {model}\n");
+            let out = client_piped(addr, line.as_bytes());
+            assert!(out.status.success(), "{model}: {}", stderr(&out));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), line.to_uppercase());
+        }
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{model}: {:?}", out.status);
+        let err = stderr(&out);
+        assert!(
+            err.contains("stopped after 16 connections"),
+            "{model}: {err}"
+        );
+        // How the 16 spread is the kernel's hash: only the count of loops
+        // is certain.
+        let per_loop = err
+            .split("accepted per loop: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{model}: no per-loop count in {err}"));
+        assert_eq!(per_loop.trim().split(", ").count(), 2, "{model}: {err}");
+    }
+}
+
+#[test]
+fn threads_for_one_loop_models_are_refused() {
+    use iomux::server::Model;
+    for model in Model::ALL.into_iter().filter(|m| !m.supports_threads()) {
+        let out = iomux(&[
+            "serve",
+            "--model",
+            model.name(),
+            "--threads",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+        ]);
+        assert_one_line_error(
+            &out,
+            &format!("--threads 2: model {model} runs one loop; --threads is for epoll, coroutine and uring"),
+        );
+    }
+    let out = iomux(&["serve", "--threads", "0", "--addr", "127.0.0.1:0"]);
+    assert_one_line_error(&out, "threads must be at least 1");
+    let out = iomux(&["bench", "--models", "select", "--server-threads", "2"]);
+    assert_one_line_error(&out, "select runs one loop");
 }
 
 #[test]

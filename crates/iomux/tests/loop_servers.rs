@@ -5,13 +5,11 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use iomux::protocol::Protocol;
-use iomux::server::{Config, Counters, Model, Server};
+use iomux::server::{Config, Model, Server, ServerCounters};
 use util::{any_local_address, wait_until, GENEROUS};
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -35,14 +33,14 @@ fn first_reply_was_there_when_second_client_was_answered(
         ..Config::default()
     };
     let server = Server::spawn(model, any_local_address(), config).unwrap();
-    let counters: Arc<Counters> = server.counters().clone();
+    let counters: ServerCounters = server.counters().clone();
     let a_msg = b"a\n".repeat(10);
     let mut a = connect(server.addr());
     let mut b = connect(server.addr());
     a.write_all(&a_msg).unwrap();
     // A's input is read: its work has started (on the loop, or the pool).
     assert!(wait_until(
-        || counters.bytes_in.load(Ordering::Relaxed) >= a_msg.len() as u64
+        || counters.snapshot().bytes_in >= a_msg.len() as u64
     ));
     b.write_all(b"ping\n").unwrap();
     let mut reply = [0; 5];
@@ -121,7 +119,7 @@ fn offload_keeps_each_connection_in_order_under_load() {
     for c in clients {
         c.join().unwrap();
     }
-    assert!(server.counters().offloaded.load(Ordering::Relaxed) > 0);
+    assert!(server.counters().snapshot().offloaded > 0);
 }
 
 #[test]
@@ -151,7 +149,7 @@ fn idle_connections_are_closed_and_active_ones_kept() {
         active.write_all(b"y").unwrap();
         active.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"Y", "{model}: active connection was closed");
-        assert_eq!(server.counters().idle_closed.load(Ordering::Relaxed), 1);
+        assert_eq!(server.counters().snapshot().idle_closed, 1);
     }
 }
 
@@ -177,10 +175,7 @@ fn stop_drains_produced_output_then_closes() {
                 }
             }
         });
-        assert!(wait_until(|| counters
-            .pending_output
-            .load(Ordering::Relaxed)
-            > 0));
+        assert!(wait_until(|| counters.snapshot().pending_output > 0));
         let idle = connect(server.addr());
         // Stop on another thread: it returns once drained.
         let stopper = thread::spawn(move || server.shutdown());
@@ -208,7 +203,7 @@ fn stop_drains_produced_output_then_closes() {
             .unwrap()
             .expect("serve returns Ok after draining");
         writer.join().unwrap();
-        let read_by_server = counters.bytes_in.load(Ordering::Relaxed) as usize;
+        let read_by_server = counters.snapshot().bytes_in as usize;
         assert!(read_by_server > 0);
         assert_eq!(
             got.len(),
@@ -216,6 +211,6 @@ fn stop_drains_produced_output_then_closes() {
             "{model}: produced output lost in the drain"
         );
         assert!(got.iter().all(|&c| c == b'Q'));
-        assert_eq!(counters.pending_output.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.snapshot().pending_output, 0);
     }
 }

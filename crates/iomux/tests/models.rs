@@ -1,5 +1,6 @@
 //! The conformance suite every I/O model must pass, written once and
-//! instantiated per [`Model`] at the bottom of the file.
+//! instantiated per [`Model`] at the bottom of the file, and again with 2
+//! and 4 loops ([`Config::threads`]) for the models that run several.
 //!
 //! Where a model cannot meet a check by design, the check asserts the
 //! behaviour the model has instead, with the reason next to it: iterative
@@ -18,8 +19,19 @@ use iomux::protocol::Protocol;
 use iomux::server::{Config, Model, Server};
 use util::{any_local_address, Rng, GENEROUS};
 
-fn start(model: Model, config: Config) -> Server {
-    Server::spawn(model, any_local_address(), config).expect("server starts on 127.0.0.1:0")
+/// What a suite instance serves with: a model, and its loops.
+#[derive(Copy, Clone, Debug)]
+struct Case {
+    model: Model,
+    threads: usize,
+}
+
+fn start(case: Case, config: Config) -> Server {
+    let config = Config {
+        threads: case.threads,
+        ..config
+    };
+    Server::spawn(case.model, any_local_address(), config).expect("server starts on 127.0.0.1:0")
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -61,8 +73,8 @@ fn exchange(addr: SocketAddr, input: Vec<u8>, chunks: Vec<usize>) -> Vec<u8> {
 
 /// Every byte value, in random chunk sizes, comes back transformed and in
 /// order; the server closes after the client's EOF.
-fn data_integrity(model: Model) {
-    let server = start(model, Config::default());
+fn data_integrity(case: Case) {
+    let server = start(case, Config::default());
     let mut rng = Rng::new(0x1688);
     let mut input: Vec<u8> = (0..=255u8).cycle().take(256 * 64).collect();
     input.extend(rng.bytes(200_000));
@@ -77,8 +89,9 @@ fn data_integrity(model: Model) {
 
 /// 100 clients at once, each doing 20 round trips. Iterative `blocking`
 /// serves one client at a time by design: the clients take turns.
-fn many_clients(model: Model) {
-    let server = start(model, Config::default());
+fn many_clients(case: Case) {
+    let model = case.model;
+    let server = start(case, Config::default());
     let addr = server.addr();
     let client = move |id: usize| {
         let mut s = connect(addr);
@@ -101,13 +114,27 @@ fn many_clients(model: Model) {
         (0..100).for_each(client);
     }
     assert!(util::wait_until(|| server.counters().active() == 0));
-    assert_eq!(server.counters().accepted.load(Ordering::Relaxed), 100);
+    assert_eq!(server.counters().snapshot().accepted, 100);
+    // Each loop counts its own connections. SO_REUSEPORT hashes each
+    // connection to a loop: that one of N loops gets none of the 100 has a
+    // chance of at most N (1 - 1/N)^100 (2^-99 for two loops).
+    let per_loop: Vec<u64> = server
+        .counters()
+        .loops()
+        .iter()
+        .map(|c| c.accepted.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(per_loop.len(), case.threads);
+    assert!(
+        per_loop.iter().all(|&n| n > 0),
+        "connections per loop: {per_loop:?}"
+    );
 }
 
 /// The client shuts its write side after 1 MiB and still gets every reply
 /// byte, then EOF.
-fn half_close(model: Model) {
-    let server = start(model, Config::default());
+fn half_close(case: Case) {
+    let server = start(case, Config::default());
     let input = Rng::new(7).bytes(1 << 20);
     let out = exchange(server.addr(), input.clone(), vec![65_536]);
     assert_eq!(
@@ -120,8 +147,9 @@ fn half_close(model: Model) {
 
 /// A client that resets mid-stream is closed and counted; another client is
 /// served undisturbed, before and after.
-fn reset_does_not_disturb_others(model: Model) {
-    let server = start(model, Config::default());
+fn reset_does_not_disturb_others(case: Case) {
+    let model = case.model;
+    let server = start(case, Config::default());
     let addr = server.addr();
     let resetter = move || {
         let mut s = connect(addr);
@@ -152,12 +180,12 @@ fn reset_does_not_disturb_others(model: Model) {
     }
     assert!(util::wait_until(|| server.counters().active() == 0));
     // The reset connection was closed like any other, and nothing else broke.
-    assert_eq!(server.counters().closed.load(Ordering::Relaxed), 2);
+    assert_eq!(server.counters().snapshot().closed, 2);
 }
 
 /// One 16 MiB message, written while the reply is read.
-fn large_message(model: Model) {
-    let server = start(model, Config::default());
+fn large_message(case: Case) {
+    let server = start(case, Config::default());
     let input = Rng::new(16).bytes(16 << 20);
     let out = exchange(server.addr(), input.clone(), vec![1 << 20]);
     assert_eq!(out.len(), input.len());
@@ -167,9 +195,10 @@ fn large_message(model: Model) {
 /// A client sends up to 64 MiB and never reads. The server stops reading it
 /// once its output bound is full (memory stays bounded), and another client
 /// keeps getting answers meanwhile.
-fn slow_reader_is_bounded(model: Model) {
+fn slow_reader_is_bounded(case: Case) {
+    let model = case.model;
     let config = Config::default();
-    let server = start(model, config);
+    let server = start(case, config);
     let addr = server.addr();
     let hog = connect(addr);
     hog.set_nonblocking(true).unwrap();
@@ -224,7 +253,7 @@ fn slow_reader_is_bounded(model: Model) {
     }
     // The driver's own accounting: no connection ever held more than the
     // output bound plus one read's worth of reply.
-    let peak = server.counters().peak_conn_output.load(Ordering::Relaxed) as usize;
+    let peak = server.counters().snapshot().peak_conn_output as usize;
     assert!(
         peak <= config.max_output + config.read_chunk,
         "peak pending output {peak} exceeds bound {} + {}",
@@ -249,13 +278,13 @@ fn slow_reader_is_bounded(model: Model) {
     }
     drop(other);
     assert!(util::wait_until(|| server.counters().active() == 0));
-    assert_eq!(server.counters().pending_output.load(Ordering::Relaxed), 0);
+    assert_eq!(server.counters().snapshot().pending_output, 0);
 }
 
 /// After 1,000 connections have come and gone, the server holds no socket
-/// but its listener.
-fn no_fd_leak(model: Model) {
-    let server = start(model, Config::default());
+/// but its listeners (one per loop).
+fn no_fd_leak(case: Case) {
+    let server = start(case, Config::default());
     let port = server.addr().port();
     for i in 0..1000 {
         let mut s = connect(server.addr());
@@ -265,18 +294,19 @@ fn no_fd_leak(model: Model) {
     }
     assert!(util::wait_until(|| server.counters().active() == 0));
     assert!(
-        util::wait_until(|| util::sockets_on_local_port(port) == 1),
-        "{} sockets on the server's port; want the listener only",
-        util::sockets_on_local_port(port)
+        util::wait_until(|| util::sockets_on_local_port(port) == case.threads),
+        "{} sockets on the server's port; want its {} listeners only",
+        util::sockets_on_local_port(port),
+        case.threads
     );
-    assert_eq!(server.counters().accepted.load(Ordering::Relaxed), 1000);
+    assert_eq!(server.counters().snapshot().accepted, 1000);
 }
 
 /// Stopping returns promptly and releases the port's sockets, with clients
 /// still connected (readiness and busy-poll close them; thread models let
 /// each thread finish with its client, which here closes right after).
-fn stops_cleanly(model: Model) {
-    let server = start(model, Config::default());
+fn stops_cleanly(case: Case) {
+    let server = start(case, Config::default());
     let port = server.addr().port();
     let mut s = connect(server.addr());
     assert_eq!(round_trip(&mut s, b"before stop"), b"BEFORE STOP");
@@ -300,29 +330,38 @@ fn available(model: Model) -> bool {
 }
 
 macro_rules! conformance {
-    ($($name:ident => $model:expr),* $(,)?) => {$(
+    (@threads) => { 1 };
+    (@threads $n:literal) => { $n };
+    ($($name:ident => $model:expr $(, $threads:literal loops)?);* $(;)?) => {$(
         mod $name {
             use super::*;
-            #[test] fn data_integrity() { if available($model) { super::data_integrity($model) } }
-            #[test] fn many_clients() { if available($model) { super::many_clients($model) } }
-            #[test] fn half_close() { if available($model) { super::half_close($model) } }
-            #[test] fn reset_does_not_disturb_others() { if available($model) { super::reset_does_not_disturb_others($model) } }
-            #[test] fn large_message() { if available($model) { super::large_message($model) } }
-            #[test] fn slow_reader_is_bounded() { if available($model) { super::slow_reader_is_bounded($model) } }
-            #[test] fn no_fd_leak() { if available($model) { super::no_fd_leak($model) } }
-            #[test] fn stops_cleanly() { if available($model) { super::stops_cleanly($model) } }
+            const CASE: Case = Case { model: $model, threads: conformance!(@threads $($threads)?) };
+            #[test] fn data_integrity() { if available($model) { super::data_integrity(CASE) } }
+            #[test] fn many_clients() { if available($model) { super::many_clients(CASE) } }
+            #[test] fn half_close() { if available($model) { super::half_close(CASE) } }
+            #[test] fn reset_does_not_disturb_others() { if available($model) { super::reset_does_not_disturb_others(CASE) } }
+            #[test] fn large_message() { if available($model) { super::large_message(CASE) } }
+            #[test] fn slow_reader_is_bounded() { if available($model) { super::slow_reader_is_bounded(CASE) } }
+            #[test] fn no_fd_leak() { if available($model) { super::no_fd_leak(CASE) } }
+            #[test] fn stops_cleanly() { if available($model) { super::stops_cleanly(CASE) } }
         }
     )*};
 }
 
 conformance! {
-    blocking => Model::Blocking,
-    threaded => Model::Threaded,
-    pool => Model::Pool,
-    busy_poll => Model::BusyPoll,
-    select => Model::Select,
-    poll => Model::Poll,
-    epoll => Model::Epoll,
-    coroutine => Model::Coroutine,
-    uring => Model::Uring,
+    blocking => Model::Blocking;
+    threaded => Model::Threaded;
+    pool => Model::Pool;
+    busy_poll => Model::BusyPoll;
+    select => Model::Select;
+    poll => Model::Poll;
+    epoll => Model::Epoll;
+    coroutine => Model::Coroutine;
+    uring => Model::Uring;
+    epoll_2_loops => Model::Epoll, 2 loops;
+    epoll_4_loops => Model::Epoll, 4 loops;
+    coroutine_2_loops => Model::Coroutine, 2 loops;
+    coroutine_4_loops => Model::Coroutine, 4 loops;
+    uring_2_loops => Model::Uring, 2 loops;
+    uring_4_loops => Model::Uring, 4 loops;
 }

@@ -2,8 +2,10 @@
 //!
 //! For each model and each connection count the bench starts a fresh server
 //! as a child process of this binary, pinned to CPU 0 (when the machine has
-//! two or more), with the load generator pinned to the other CPUs. It runs
-//! three kinds of measurement:
+//! two or more), with the load generator pinned to the other CPUs. A server
+//! with N loops (`--server-threads`) is pinned to CPUs 0 to N-1, and the
+//! load generator to the CPUs left, or to all of them, shared, when none is
+//! left. It runs three kinds of measurement:
 //!
 //! 1. **closed loop** (`--conns`): as many round trips as the server answers:
 //!    throughput and latency;
@@ -94,6 +96,11 @@ pub struct BenchArgs {
     /// Workers of the pool model.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Loops of the epoll, coroutine and uring servers (`serve --threads`),
+    /// comma-separated: `1,2` runs each of them with 1 and with 2. The other
+    /// models run with 1. A server with N loops is pinned to CPUs 0 to N-1.
+    #[arg(long, default_value = "1")]
+    pub server_threads: String,
 }
 
 /// A server kind the bench can start: one of our models or a peer.
@@ -115,10 +122,36 @@ impl Subject {
     }
 }
 
+/// A server the bench starts: a subject, with its loops.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    subject: Subject,
+    /// Loops, each on its own thread (`serve --threads`); 1 for the models
+    /// that run one, and for the tokio peer (`current_thread`).
+    threads: usize,
+}
+
+impl Target {
+    /// Its name in progress lines and charts: `epoll`, or `epoll x2`.
+    fn label(self) -> String {
+        label(self.subject.name(), self.threads)
+    }
+}
+
+/// A server's name in progress lines and charts: the model, and its loops
+/// if more than one (`epoll x2`).
+fn label(model: &str, threads: usize) -> String {
+    if threads > 1 {
+        format!("{model} x{threads}")
+    } else {
+        model.to_string()
+    }
+}
+
 /// The validated bench plan.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    subjects: Vec<Subject>,
+    subjects: Vec<Target>,
     conns: Vec<usize>,
     paced_conns: Vec<usize>,
     size: usize,
@@ -132,11 +165,30 @@ pub struct Plan {
     workers: usize,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
-    /// CPU of the servers and CPUs of the load generator, if pinning.
-    pin: Option<(usize, Vec<usize>)>,
+    /// Whether servers and the load generator are pinned (two CPUs or more).
+    pin: bool,
     /// CPUs this process could run on before pinning.
     cpus: usize,
     rounds: usize,
+}
+
+impl Plan {
+    /// The CPUs a server with `threads` loops is pinned to: 0 to N-1 (all
+    /// of them, if N is more).
+    fn server_cpus(&self, threads: usize) -> Vec<usize> {
+        (0..threads.clamp(1, self.cpus)).collect()
+    }
+
+    /// The CPUs of the load generator beside such a server: those left, or
+    /// all of them when the server takes every one (it then shares them).
+    fn load_cpus(&self, threads: usize) -> Vec<usize> {
+        let taken = threads.clamp(1, self.cpus);
+        if taken < self.cpus {
+            (taken..self.cpus).collect()
+        } else {
+            (0..self.cpus).collect()
+        }
+    }
 }
 
 fn parse_list(what: &str, s: &str) -> Result<Vec<usize>> {
@@ -153,6 +205,10 @@ fn parse_list(what: &str, s: &str) -> Result<Vec<usize>> {
 impl BenchArgs {
     /// Checks the flags and turns them into a plan.
     pub fn plan(&self) -> Result<Plan> {
+        let server_threads = parse_list("server-threads", &self.server_threads)?;
+        if server_threads.is_empty() || server_threads.contains(&0) {
+            bail!("--server-threads takes loop counts of at least 1, e.g. 1 or 1,2");
+        }
         let mut subjects = Vec::new();
         if self.models == "all" {
             subjects.extend(
@@ -173,6 +229,30 @@ impl BenchArgs {
         }
         if self.peers && !subjects.contains(&Subject::Tokio) {
             subjects.push(Subject::Tokio);
+        }
+        // Each subject at each loop count it can run: the others at 1 only
+        // (the tokio peer is current_thread).
+        let named = self.models != "all";
+        let mut targets = Vec::new();
+        for &subject in &subjects {
+            let multi = matches!(subject, Subject::Model(m) if m.supports_threads());
+            let before = targets.len();
+            for &threads in &server_threads {
+                let t = Target { subject, threads };
+                if (threads == 1 || multi) && !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            if targets.len() == before && named {
+                bail!(
+                    "--server-threads {}: {} runs one loop; more are for epoll, coroutine and uring (add 1 to the list to run it)",
+                    self.server_threads,
+                    subject.name()
+                );
+            }
+        }
+        if targets.is_empty() {
+            bail!("--server-threads {}: no model to run", self.server_threads);
         }
         let (mut conns, mut paced_conns) = (
             parse_list("conns", &self.conns)?,
@@ -198,9 +278,8 @@ impl BenchArgs {
             bail!("--duration must be positive; --warmup, --idle-secs and --rate not negative");
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pin = (cpus >= 2).then(|| (0, (1..cpus).collect()));
         Ok(Plan {
-            subjects,
+            subjects: targets,
             conns,
             paced_conns: if self.rate > 0.0 {
                 paced_conns
@@ -218,7 +297,7 @@ impl BenchArgs {
             workers: self.workers,
             json: self.json.clone(),
             plot: self.plot.clone(),
-            pin,
+            pin: cpus >= 2,
             cpus,
             rounds: if self.quick { 1 } else { self.rounds },
         })
@@ -230,6 +309,8 @@ impl BenchArgs {
 pub struct RunRow {
     /// Model or peer.
     pub model: String,
+    /// Loops of the server, each on its own thread (`serve --threads`).
+    pub threads: usize,
     /// "closed" or "paced".
     pub shape: &'static str,
     /// Connections.
@@ -270,6 +351,8 @@ pub struct RunRow {
     /// Server CPU per round trip divided by the tokio peer's at the same
     /// load, median of the per-round ratios (with `--peers`).
     pub cpu_vs_tokio: Option<f64>,
+    /// Connections each loop accepted, with more than one loop.
+    pub loop_conns: Vec<u64>,
 }
 
 /// CPU burned with idle connections.
@@ -277,6 +360,8 @@ pub struct RunRow {
 pub struct IdleRow {
     /// Model or peer.
     pub model: String,
+    /// Loops of the server.
+    pub threads: usize,
     /// Idle connections held.
     pub conns: usize,
     /// Why it was not measured.
@@ -290,6 +375,8 @@ pub struct IdleRow {
 pub struct MemRow {
     /// Model or peer.
     pub model: String,
+    /// Loops of the server.
+    pub threads: usize,
     /// Connections held.
     pub conns: usize,
     /// Why it was not measured.
@@ -320,8 +407,11 @@ pub struct Report {
 pub struct Setup {
     /// CPUs available.
     pub cpus: usize,
-    /// Server CPU, if pinned.
+    /// Server CPU, if pinned (of a one-loop server; one with N loops is
+    /// pinned to CPUs 0 to N-1).
     pub server_cpu: Option<usize>,
+    /// The loop counts of `--server-threads`.
+    pub server_threads: Vec<usize>,
     /// Message size.
     pub size: usize,
     /// Pipelining depth.
@@ -360,8 +450,8 @@ fn cannot_take(subject: Subject, conns: usize, workers: usize) -> Option<String>
     }
 }
 
-fn server_args(subject: Subject, plan: &Plan) -> Vec<String> {
-    let mut args: Vec<String> = match subject {
+fn server_args(target: Target, plan: &Plan) -> Vec<String> {
+    let mut args: Vec<String> = match target.subject {
         Subject::Model(m) => vec![
             "serve".into(),
             "--model".into(),
@@ -370,12 +460,19 @@ fn server_args(subject: Subject, plan: &Plan) -> Vec<String> {
             plan.workers.to_string(),
             "--max-conns".into(),
             "20000".into(),
+            "--threads".into(),
+            target.threads.to_string(),
         ],
         Subject::Tokio => vec!["peer-tokio".into()],
     };
     args.extend(["--addr".into(), "127.0.0.1:0".into(), "--control".into()]);
-    if let Some((cpu, _)) = &plan.pin {
-        args.extend(["--pin-cpu".into(), cpu.to_string()]);
+    if plan.pin {
+        let cpus: Vec<String> = plan
+            .server_cpus(target.threads)
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        args.extend(["--pin-cpu".into(), cpus.join(",")]);
     }
     args
 }
@@ -408,14 +505,15 @@ fn delta(a: &Stats, b: &Stats, k: &str) -> f64 {
 }
 
 fn empty_row(
-    subject: Subject,
+    target: Target,
     shape: &'static str,
     conns: usize,
     rate: Option<f64>,
     status: String,
 ) -> RunRow {
     RunRow {
-        model: subject.name().into(),
+        model: target.subject.name().into(),
+        threads: target.threads,
         shape,
         conns,
         rate,
@@ -435,12 +533,31 @@ fn empty_row(
         late: 0,
         rounds: 1,
         cpu_vs_tokio: None,
+        loop_conns: Vec::new(),
     }
 }
 
-fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
+/// Each loop's accepted connections, from a `stats` line, with more than
+/// one loop.
+fn loop_conns(stats: &Stats) -> Vec<u64> {
+    let loops = stats.get("loops").copied().unwrap_or(1);
+    if loops < 2 {
+        return Vec::new();
+    }
+    (0..loops)
+        .map(|i| {
+            stats
+                .get(&format!("loop{i}_accepted"))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
+    let subject = target.subject;
     let shape = if rate.is_some() { "paced" } else { "closed" };
-    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    let mut server = ServerProc::start(&server_args(target, plan))?;
     let (rss_idle, _) = server.memory()?;
     let spec = LoadSpec {
         addr: server.addr,
@@ -464,7 +581,7 @@ fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> R
     server.stop()?;
     let (Some((s0, _)), Some((s1, _))) = (start, end) else {
         return Ok(empty_row(
-            subject,
+            target,
             shape,
             conns,
             rate,
@@ -495,6 +612,7 @@ fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> R
     }
     Ok(RunRow {
         model: subject.name().into(),
+        threads: target.threads,
         shape,
         conns,
         rate,
@@ -518,6 +636,7 @@ fn run_load(subject: Subject, plan: &Plan, conns: usize, rate: Option<f64>) -> R
         late: result.late,
         rounds: 1,
         cpu_vs_tokio: None,
+        loop_conns: loop_conns(&s1),
     })
 }
 
@@ -532,17 +651,18 @@ fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> 
     Ok(v)
 }
 
-fn run_idle(subject: Subject, plan: &Plan) -> Result<IdleRow> {
-    let conns = plan.idle_conns;
+fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
+    let (subject, conns) = (target.subject, plan.idle_conns);
     if let Some(reason) = cannot_take(subject, conns, plan.workers) {
         return Ok(IdleRow {
             model: subject.name().into(),
+            threads: target.threads,
             conns,
             status: Some(reason),
             cpu_pct: 0.0,
         });
     }
-    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    let mut server = ServerProc::start(&server_args(target, plan))?;
     let held = connect_idle(server.addr, conns)?;
     server.wait_accepted(conns as u64, Duration::from_secs(10))?;
     let c0 = server.stats()?;
@@ -554,16 +674,18 @@ fn run_idle(subject: Subject, plan: &Plan) -> Result<IdleRow> {
     server.stop()?;
     Ok(IdleRow {
         model: subject.name().into(),
+        threads: target.threads,
         conns,
         status: None,
         cpu_pct: delta(&c0, &c1, "cpu_us") / 1e6 / secs * 100.0,
     })
 }
 
-fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
-    let conns = plan.mem_conns;
+fn run_memory(target: Target, plan: &Plan) -> Result<MemRow> {
+    let (subject, conns) = (target.subject, plan.mem_conns);
     let row = |status: String| MemRow {
         model: subject.name().into(),
+        threads: target.threads,
         conns,
         status: Some(status),
         rss_before: 0,
@@ -576,7 +698,7 @@ fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
     if subject == Subject::Model(Model::BusyPoll) {
         return Ok(row("skipped: polls every connection on every pass".into()));
     }
-    let mut server = ServerProc::start(&server_args(subject, plan))?;
+    let mut server = ServerProc::start(&server_args(target, plan))?;
     // One connection first, so first-use allocations are in the baseline.
     let warm = connect_idle(server.addr, 1)?;
     server.wait_accepted(1, Duration::from_secs(10))?;
@@ -594,6 +716,7 @@ fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
     }
     Ok(MemRow {
         model: subject.name().into(),
+        threads: target.threads,
         conns,
         status: None,
         rss_before: before,
@@ -602,19 +725,27 @@ fn run_memory(subject: Subject, plan: &Plan) -> Result<MemRow> {
     })
 }
 
-/// What identifies a load configuration: subject, shape, connections.
-type RunKey = (Subject, &'static str, usize);
+/// What identifies a load configuration: server, shape, connections.
+type RunKey = (Target, &'static str, usize);
 
 /// One measurement to make.
 #[derive(Clone, Copy, Debug)]
 enum Job {
     Load {
-        subject: Subject,
+        target: Target,
         conns: usize,
         rate: Option<f64>,
     },
-    Idle(Subject),
-    Memory(Subject),
+    Idle(Target),
+    Memory(Target),
+}
+
+impl Job {
+    fn target(self) -> Target {
+        match self {
+            Job::Load { target, .. } | Job::Idle(target) | Job::Memory(target) => target,
+        }
+    }
 }
 
 /// The order of the measurements. Every load configuration runs all its
@@ -632,9 +763,9 @@ fn schedule(plan: &Plan) -> Vec<Job> {
         .chain(plan.paced_conns.iter().map(|&c| (c, Some(plan.rate))));
     for (conns, rate) in loads {
         for _ in 0..plan.rounds {
-            for &subject in &plan.subjects {
+            for &target in &plan.subjects {
                 jobs.push(Job::Load {
-                    subject,
+                    target,
                     conns,
                     rate,
                 });
@@ -686,7 +817,7 @@ fn ratios_to_tokio(rounds: &[(RunKey, Vec<RunRow>)]) -> Vec<Option<f64>> {
         .map(|((_, shape, conns), rows)| {
             let (_, peer) = rounds
                 .iter()
-                .find(|((s, sh, c), _)| *s == Subject::Tokio && sh == shape && c == conns)?;
+                .find(|((t, sh, c), _)| t.subject == Subject::Tokio && sh == shape && c == conns)?;
             let mut per_round: Vec<f64> = rows
                 .iter()
                 .zip(peer)
@@ -707,9 +838,6 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let plan = args.plan()?;
     // The load generator holds one fd per connection.
     let fd_limit = iomux::sys::raise_nofile_limit(None).context("raising RLIMIT_NOFILE")?;
-    if let Some((_, load_cpus)) = &plan.pin {
-        iomux::sys::pin_to_cpus(load_cpus).context("pinning the load generator")?;
-    }
     let jobs = schedule(&plan);
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(jobs.len() as u64)
@@ -723,7 +851,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let mut report = Report {
         setup: Setup {
             cpus: plan.cpus,
-            server_cpu: plan.pin.as_ref().map(|p| p.0),
+            server_cpu: plan.pin.then_some(0),
+            server_threads: {
+                let mut t: Vec<usize> = plan.subjects.iter().map(|t| t.threads).collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            },
             size: plan.size,
             depth: plan.depth,
             duration_s: plan.duration.as_secs_f64(),
@@ -740,18 +874,23 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     // Rounds of each (subject, shape, conns), in the order first seen.
     let mut rounds: Vec<(RunKey, Vec<RunRow>)> = Vec::new();
     for job in jobs {
+        if plan.pin {
+            // Beside this server: the CPUs it leaves, or all of them.
+            let cpus = plan.load_cpus(job.target().threads);
+            iomux::sys::pin_to_cpus(&cpus).context("pinning the load generator")?;
+        }
         let what = match job {
             Job::Load {
-                subject,
+                target,
                 conns,
                 rate,
             } => format!(
                 "{} {} {conns}",
-                subject.name(),
+                target.label(),
                 if rate.is_some() { "paced" } else { "closed" }
             ),
-            Job::Idle(s) => format!("{} idle {}", s.name(), plan.idle_conns),
-            Job::Memory(s) => format!("{} memory {}", s.name(), plan.mem_conns),
+            Job::Idle(t) => format!("{} idle {}", t.label(), plan.idle_conns),
+            Job::Memory(t) => format!("{} memory {}", t.label(), plan.mem_conns),
         };
         if bar.is_hidden() {
             eprintln!("bench: {what} connections");
@@ -759,58 +898,62 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         bar.set_message(what);
         match job {
             Job::Load {
-                subject,
+                target,
                 conns,
                 rate,
             } => {
                 let shape = if rate.is_some() { "paced" } else { "closed" };
                 let needed = (conns as u64) + 64;
-                let row = if let Some(reason) = cannot_take(subject, conns, plan.workers) {
-                    empty_row(subject, shape, conns, rate, reason)
+                let row = if let Some(reason) = cannot_take(target.subject, conns, plan.workers) {
+                    empty_row(target, shape, conns, rate, reason)
                 } else if needed > fd_limit {
                     empty_row(
-                        subject,
+                        target,
                         shape,
                         conns,
                         rate,
                         format!("needs {needed} fds; RLIMIT_NOFILE is {fd_limit}"),
                     )
                 } else {
-                    run_load(subject, &plan, conns, rate).unwrap_or_else(|e| {
-                        empty_row(subject, shape, conns, rate, format!("failed: {e:#}"))
+                    run_load(target, &plan, conns, rate).unwrap_or_else(|e| {
+                        empty_row(target, shape, conns, rate, format!("failed: {e:#}"))
                     })
                 };
-                let key = (subject, shape, conns);
+                let key = (target, shape, conns);
                 match rounds.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, v)) => v.push(row),
                     None => rounds.push((key, vec![row])),
                 }
             }
-            Job::Idle(subject) => report
+            Job::Idle(target) => report
                 .idle
-                .push(run_idle(subject, &plan).unwrap_or_else(|e| IdleRow {
-                    model: subject.name().into(),
+                .push(run_idle(target, &plan).unwrap_or_else(|e| IdleRow {
+                    model: target.subject.name().into(),
+                    threads: target.threads,
                     conns: plan.idle_conns,
                     status: Some(format!("failed: {e:#}")),
                     cpu_pct: 0.0,
                 })),
-            Job::Memory(subject) => report
-                .memory
-                .push(run_memory(subject, &plan).unwrap_or_else(|e| MemRow {
-                    model: subject.name().into(),
-                    conns: plan.mem_conns,
-                    status: Some(format!("failed: {e:#}")),
-                    rss_before: 0,
-                    rss_after: 0,
-                    bytes_per_conn: 0.0,
-                })),
+            Job::Memory(target) => {
+                report
+                    .memory
+                    .push(run_memory(target, &plan).unwrap_or_else(|e| MemRow {
+                        model: target.subject.name().into(),
+                        threads: target.threads,
+                        conns: plan.mem_conns,
+                        status: Some(format!("failed: {e:#}")),
+                        rss_before: 0,
+                        rss_after: 0,
+                        bytes_per_conn: 0.0,
+                    }))
+            }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     // Report by subject, then shape, then connections.
-    rounds.sort_by_key(|((subject, shape, conns), _)| {
-        let i = plan.subjects.iter().position(|s| s == subject);
+    rounds.sort_by_key(|((target, shape, conns), _)| {
+        let i = plan.subjects.iter().position(|t| t == target);
         (i, *shape != "closed", *conns)
     });
     let ratios = ratios_to_tokio(&rounds);

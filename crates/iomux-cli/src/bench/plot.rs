@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use super::Report;
+use super::{label, Report};
 
 const COLORS: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
@@ -35,8 +35,8 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// One line per model: (connections, value) for the runs of `shape` that
-/// produced a figure.
+/// One line per model and loop count: (connections, value) for the runs of
+/// `shape` that produced a figure.
 fn series(
     r: &Report,
     shape: &str,
@@ -49,9 +49,10 @@ fn series(
         .filter(|x| x.shape == shape && x.rt_per_s > 0.0)
     {
         let point = (run.conns as f64, value(run));
-        match out.iter_mut().find(|(m, _)| *m == run.model) {
+        let name = label(&run.model, run.threads);
+        match out.iter_mut().find(|(m, _)| *m == name) {
             Some((_, pts)) => pts.push(point),
-            None => out.push((run.model.clone(), vec![point])),
+            None => out.push((name, vec![point])),
         }
     }
     out
@@ -179,7 +180,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
         .memory
         .iter()
         .filter(|m| m.status.is_none())
-        .map(|m| (m.model.clone(), m.bytes_per_conn))
+        .map(|m| (label(&m.model, m.threads), m.bytes_per_conn))
         .collect();
     if !mem.is_empty() {
         let conns = r.memory.first().map_or(0, |m| m.conns);

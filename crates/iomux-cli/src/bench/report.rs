@@ -54,16 +54,30 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// Where the servers ran: "server pinned to CPU 0", and where one with
+/// several loops ran, and its load generator.
+fn pinning(s: &super::Setup) -> String {
+    let Some(cpu) = s.server_cpu else {
+        return " (server not pinned)".into();
+    };
+    let mut out = format!(", server pinned to CPU {cpu}");
+    for &n in s.server_threads.iter().filter(|&&n| n > 1) {
+        let last = n.min(s.cpus) - 1;
+        let _ = write!(out, ", with {n} loops to CPUs {cpu}-{last}");
+        if n >= s.cpus {
+            out += " (shared with the load generator)";
+        }
+    }
+    out
+}
+
 /// The whole report as text.
 pub fn table(r: &Report) -> String {
     let s = &r.setup;
     let mut out = format!(
         "iomux bench: {} CPUs{}, {}-byte messages, depth {}, {:.2} s windows, median of {} rounds, kernel {}\n\n",
         s.cpus,
-        s.server_cpu.map_or_else(
-            || " (server not pinned)".into(),
-            |c| format!(", server pinned to CPU {c}")
-        ),
+        pinning(s),
         s.size,
         s.depth,
         s.duration_s,
@@ -72,6 +86,7 @@ pub fn table(r: &Report) -> String {
     );
     let header = [
         "model",
+        "thr",
         "load",
         "conns",
         "rt/s",
@@ -97,13 +112,25 @@ pub fn table(r: &Report) -> String {
                 None => "closed".into(),
             };
             if x.rt_per_s == 0.0 {
-                let mut v = vec![x.model.clone(), load, x.conns.to_string()];
+                let mut v = vec![x.model.clone(), x.threads.to_string(), load];
+                v.push(x.conns.to_string());
                 v.extend(std::iter::repeat_n("-".to_string(), 12));
                 v.push(x.status.clone().unwrap_or_default());
                 return v;
             }
+            let mut notes = Vec::new();
+            if let Some(s) = &x.status {
+                notes.push(s.clone());
+            } else if x.late > 0 {
+                notes.push(format!("{} late", x.late));
+            }
+            if !x.loop_conns.is_empty() {
+                let n: Vec<String> = x.loop_conns.iter().map(u64::to_string).collect();
+                notes.push(format!("conns per loop {}", n.join("/")));
+            }
             vec![
                 x.model.clone(),
+                x.threads.to_string(),
                 load,
                 x.conns.to_string(),
                 format!("{:.0}", x.rt_per_s),
@@ -118,11 +145,7 @@ pub fn table(r: &Report) -> String {
                 opt(x.syscalls_per_rt),
                 mib(x.peak_rss),
                 format!("{:.0}", x.rss_per_conn),
-                match (&x.status, x.late) {
-                    (Some(s), _) => s.clone(),
-                    (None, 0) => String::new(),
-                    (None, late) => format!("{late} late"),
-                },
+                notes.join("; "),
             ]
         })
         .collect();
@@ -135,6 +158,7 @@ pub fn table(r: &Report) -> String {
             .map(|x| {
                 vec![
                     x.model.clone(),
+                    x.threads.to_string(),
                     x.conns.to_string(),
                     if x.status.is_some() {
                         "-".into()
@@ -145,7 +169,7 @@ pub fn table(r: &Report) -> String {
                 ]
             })
             .collect();
-        out += &columns(&["idle", "conns", "cpu % of a core", "note"], &rows);
+        out += &columns(&["idle", "thr", "conns", "cpu % of a core", "note"], &rows);
     }
     if !r.memory.is_empty() {
         out.push('\n');
@@ -156,6 +180,7 @@ pub fn table(r: &Report) -> String {
                 let ok = x.status.is_none();
                 vec![
                     x.model.clone(),
+                    x.threads.to_string(),
                     x.conns.to_string(),
                     if ok { mib(x.rss_before) } else { "-".into() },
                     if ok { mib(x.rss_after) } else { "-".into() },
@@ -171,6 +196,7 @@ pub fn table(r: &Report) -> String {
         out += &columns(
             &[
                 "memory",
+                "thr",
                 "conns",
                 "RSS before MiB",
                 "RSS after MiB",

@@ -31,6 +31,11 @@
 //! drain gracefully on stop ([`Config::drain_timeout`]: stop accepting and
 //! reading, send what is already produced, then close), and the readiness
 //! ones can run the handler on an offload pool ([`Config::offload_threads`]).
+//!
+//! The one-thread loops of epoll, coroutine and uring also scale out to
+//! several loops, one per thread, each with its own `SO_REUSEPORT` listener
+//! ([`Config::threads`], [`bind_loops`], [`serve_loops`]; `loops.rs`): the
+//! driver of each loop is the single-loop one, unchanged.
 
 use std::fmt;
 use std::io;
@@ -48,11 +53,14 @@ use crate::selector::Backend;
 mod blocking;
 mod busy_poll;
 mod coroutine;
+mod loops;
 mod pool;
 mod readiness;
 mod threaded;
 #[cfg(all(target_os = "linux", feature = "uring"))]
 mod uring;
+
+pub use loops::{bind_loops, serve_loops};
 
 /// How long a driver waits before accepting again after an accept error
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
@@ -152,6 +160,14 @@ impl Model {
         self != Model::Blocking
     }
 
+    /// Whether the model can serve with several loops, one per thread,
+    /// each with its own listener ([`Config::threads`]): epoll, coroutine
+    /// and uring. The others run one loop, or are already a thread per
+    /// connection or per worker.
+    pub fn supports_threads(self) -> bool {
+        matches!(self, Model::Epoll | Model::Coroutine | Model::Uring)
+    }
+
     /// Whether this platform can run the model (for [`Model::Uring`], a
     /// run-time probe: [`crate::uring::probe()`] says why not).
     pub fn is_supported(self) -> bool {
@@ -192,7 +208,8 @@ pub struct Config {
     pub protocol: Protocol,
     /// Worker threads of [`Model::Pool`] (at least 1).
     pub workers: usize,
-    /// Connections served at once (at least 1); more are accepted and closed.
+    /// Connections served at once (at least 1), per loop; more are accepted
+    /// and closed.
     pub max_conns: usize,
     /// Most output bytes pending per connection before reading from that
     /// peer pauses (backpressure). Non-blocking models only: the blocking
@@ -212,9 +229,18 @@ pub struct Config {
     /// Reactor models: stop gracefully on `SIGINT` and `SIGTERM`, caught by
     /// the loop itself (a second signal closes everything at once). For a
     /// process that runs one server: signals belong to the whole process.
+    /// With several [`threads`](Config::threads), the calling thread of
+    /// [`serve_loops`] catches them for every loop: the first drains them
+    /// all, a second one has the signal's previous disposition (by default
+    /// it ends the process at once).
     pub catch_signals: bool,
     /// What to do when `accept` fails for lack of fds (`EMFILE`, `ENFILE`).
     pub on_fd_exhaustion: FdExhaustion,
+    /// Loops, each on its own thread with its own listener, for the models
+    /// that [support it](Model::supports_threads) (at least 1). A
+    /// connection stays on the loop that accepted it. [`serve`] runs one;
+    /// [`serve_loops`] and [`Server::spawn`] run them all.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -230,6 +256,7 @@ impl Default for Config {
             offload_threads: 0,
             catch_signals: false,
             on_fd_exhaustion: FdExhaustion::Pause,
+            threads: 1,
         }
     }
 }
@@ -261,11 +288,15 @@ impl Config {
         if self.idle_timeout == Some(Duration::ZERO) {
             return bad("idle_timeout must be longer than zero (or off)");
         }
+        if self.threads == 0 {
+            return bad("threads must be at least 1");
+        }
         Ok(())
     }
 
     /// [`validate`](Config::validate), and whether `model` can follow
-    /// every setting.
+    /// every setting: [`threads`](Config::threads) loops, and the
+    /// [`on_fd_exhaustion`](Config::on_fd_exhaustion) policy.
     ///
     /// ```
     /// use iomux::server::{Config, FdExhaustion, Model};
@@ -278,9 +309,24 @@ impl Config {
     /// ```
     ///
     /// # Errors
-    /// As `validate`, or `InvalidInput` naming the setting `model` lacks.
+    /// `InvalidInput` naming the bad field, the models that take `threads`
+    /// above 1, or the policy `model` cannot follow.
     pub fn validate_for(&self, model: Model) -> io::Result<()> {
         self.validate()?;
+        if self.threads > 1 && !model.supports_threads() {
+            let names: Vec<_> = Model::ALL
+                .into_iter()
+                .filter(|m| m.supports_threads())
+                .map(Model::name)
+                .collect();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "model {model} runs one loop; threads above 1 are for {}",
+                    names.join(", ")
+                ),
+            ));
+        }
         if !self.on_fd_exhaustion.supported_by(model) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -458,8 +504,10 @@ fn open_spare() -> io::Result<OwnedFd> {
     std::fs::File::open("/dev/null").map(OwnedFd::from)
 }
 
-/// What a server has done: the figures the bench and the tests read.
-/// Shared between the driver's threads, so every field is atomic.
+/// What one loop of a server has done (the whole server, for the models
+/// that run one loop): the figures the bench and the tests read, through
+/// [`ServerCounters`]. Shared between the driver's threads, so every field
+/// is atomic.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Connections accepted (refused ones included).
@@ -504,7 +552,9 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Copies a selector's wait and `epoll_ctl` counts (loop models).
+    /// Copies a selector's wait and `epoll_ctl` counts (loop models): each
+    /// loop records into its own `Counters`, so the copy is never another
+    /// loop's.
     pub fn record_selector(&self, stats: crate::selector::Stats) {
         self.wait_calls.store(stats.wait_calls, Ordering::Relaxed);
         self.ctl_calls.store(stats.ctl_calls, Ordering::Relaxed);
@@ -540,6 +590,46 @@ impl Counters {
     }
 }
 
+/// The counters of a server: one [`Counters`] per loop, read as one.
+///
+/// Each loop counts only the connections it accepted, and records its own
+/// selector's figures, so nothing needs a lock and a per-loop figure (how
+/// connections spread over the loops) is there to read;
+/// [`snapshot`](Self::snapshot) adds the loops up. Cloning shares them.
+#[derive(Clone, Debug)]
+pub struct ServerCounters {
+    loops: Arc<[Arc<Counters>]>,
+}
+
+impl ServerCounters {
+    /// Zeroed counters for `loops` loops (at least one).
+    pub fn new(loops: usize) -> ServerCounters {
+        ServerCounters {
+            loops: (0..loops.max(1))
+                .map(|_| Arc::new(Counters::default()))
+                .collect(),
+        }
+    }
+
+    /// Each loop's counters, in the order of the listeners.
+    pub fn loops(&self) -> &[Arc<Counters>] {
+        &self.loops
+    }
+
+    /// Every loop's counters added up ([`Snapshot::merge`]).
+    pub fn snapshot(&self) -> Snapshot {
+        self.loops
+            .iter()
+            .map(|c| c.snapshot())
+            .fold(Snapshot::default(), Snapshot::merge)
+    }
+
+    /// Connections being served now, by every loop.
+    pub fn active(&self) -> u64 {
+        self.loops.iter().map(|c| c.active()).sum()
+    }
+}
+
 /// A copy of [`Counters`] at one moment.
 #[allow(missing_docs)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -560,6 +650,31 @@ pub struct Snapshot {
     pub idle_closed: u64,
     pub offloaded: u64,
     pub stalls: u64,
+}
+
+impl Snapshot {
+    /// Two loops' figures as one server's: every count added, and
+    /// `peak_conn_output`, a maximum over connections, the larger one.
+    pub fn merge(self, other: Snapshot) -> Snapshot {
+        Snapshot {
+            accepted: self.accepted + other.accepted,
+            refused: self.refused + other.refused,
+            closed: self.closed + other.closed,
+            resets: self.resets + other.resets,
+            accept_errors: self.accept_errors + other.accept_errors,
+            bytes_in: self.bytes_in + other.bytes_in,
+            bytes_out: self.bytes_out + other.bytes_out,
+            recv_calls: self.recv_calls + other.recv_calls,
+            send_calls: self.send_calls + other.send_calls,
+            wait_calls: self.wait_calls + other.wait_calls,
+            ctl_calls: self.ctl_calls + other.ctl_calls,
+            pending_output: self.pending_output + other.pending_output,
+            peak_conn_output: self.peak_conn_output.max(other.peak_conn_output),
+            idle_closed: self.idle_closed + other.idle_closed,
+            offloaded: self.offloaded + other.offloaded,
+            stalls: self.stalls + other.stalls,
+        }
+    }
 }
 
 /// Tells a running server to stop accepting and return.
@@ -649,10 +764,13 @@ impl Stop {
 /// closed by the readiness and busy-poll drivers; thread-based drivers let
 /// each connection thread finish with its client.
 ///
+/// One loop: [`serve_loops`] runs [`Config::threads`] of them.
+///
 /// # Errors
-/// An invalid `config`, a model this platform lacks, or a failure to set up
-/// (creating the selector). Errors of single connections are never returned:
-/// they close that connection and are counted.
+/// An invalid `config` (`threads` above 1 included), a model this platform
+/// lacks, or a failure to set up (creating the selector). Errors of single
+/// connections are never returned: they close that connection and are
+/// counted.
 pub fn serve(
     model: Model,
     listener: TcpListener,
@@ -661,6 +779,12 @@ pub fn serve(
     counters: &Arc<Counters>,
 ) -> io::Result<()> {
     config.validate_for(model)?;
+    if config.threads != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "serve runs one loop; for threads above 1, bind with bind_loops and call serve_loops",
+        ));
+    }
     match model {
         Model::Blocking => blocking::serve(listener, config, stop, counters),
         Model::Threaded => threaded::serve(listener, config, stop, counters),
@@ -681,33 +805,34 @@ pub fn serve(
     }
 }
 
-/// A server running on its own thread: what tests and the bench start.
+/// A server running on its own thread (and one thread per loop, with
+/// [`Config::threads`] above 1): what tests and the bench start.
 #[derive(Debug)]
 pub struct Server {
     model: Model,
     addr: SocketAddr,
     stop: Stop,
-    counters: Arc<Counters>,
+    counters: ServerCounters,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port) and serves it with `model` on
-    /// a new thread.
+    /// Binds `addr` (port 0 picks a free port), once per loop of
+    /// [`Config::threads`], and serves it with `model` on new threads.
     ///
     /// # Errors
-    /// The bind error, or `config.validate()`'s.
+    /// The bind error, or `config.validate_for(model)`'s.
     pub fn spawn(model: Model, addr: SocketAddr, config: Config) -> io::Result<Server> {
         config.validate_for(model)?;
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
+        let listeners = bind_loops(addr, config.threads)?;
+        let addr = listeners[0].local_addr()?;
         let stop = Stop::new()?;
-        let counters = Arc::new(Counters::default());
+        let counters = ServerCounters::new(config.threads);
         let thread = {
             let (stop, counters) = (stop.clone(), counters.clone());
             std::thread::Builder::new()
                 .name(format!("iomux-{model}"))
-                .spawn(move || serve(model, listener, &config, &stop, &counters))?
+                .spawn(move || serve_loops(model, listeners, &config, &stop, &counters))?
         };
         Ok(Server {
             model,
@@ -728,8 +853,8 @@ impl Server {
         self.addr
     }
 
-    /// The live counters.
-    pub fn counters(&self) -> &Arc<Counters> {
+    /// The live counters, per loop and in all.
+    pub fn counters(&self) -> &ServerCounters {
         &self.counters
     }
 

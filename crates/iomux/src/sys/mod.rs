@@ -272,6 +272,104 @@ pub fn pin_to_cpus(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets an integer socket option.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_int_option(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a valid int and its size is passed with it.
+    unsafe {
+        syscall!(setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t
+        ))?
+    };
+    Ok(())
+}
+
+/// Binds a TCP listener to `addr` with `SO_REUSEPORT` set before the bind,
+/// which std's `TcpListener::bind` cannot do, and listens with `backlog`.
+///
+/// Every socket of the same user bound this way to the same address and
+/// port joins one group, and the kernel hands each new connection to one
+/// of them by a hash of its addresses and ports: N listeners, N accept
+/// queues, no connection shared. `SO_REUSEADDR` is set too, as std sets it
+/// (a restarted server binds past connections in `TIME_WAIT`). Linux only:
+/// the BSDs and macOS accept `SO_REUSEPORT` but give every connection to
+/// one socket of the group.
+///
+/// # Errors
+/// The OS error of `socket`, `setsockopt`, `bind` or `listen`: `AddrInUse`
+/// if a socket without `SO_REUSEPORT`, or another user's, holds the port.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn bind_reuseport(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
+    use std::net::SocketAddr;
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))? };
+    // SAFETY: socket succeeded: `fd` is open and owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_option(&sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int_option(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            bind_sockaddr(&sock, &sin)?;
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            bind_sockaddr(&sock, &sin6)?;
+        }
+    }
+    set_listen_backlog(&sock, backlog)?;
+    Ok(std::net::TcpListener::from(sock))
+}
+
+/// A socket address of the C API: what [`bind_sockaddr`] takes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+trait SockAddr {}
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl SockAddr for libc::sockaddr_in {}
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl SockAddr for libc::sockaddr_in6 {}
+
+/// Binds a socket to `addr`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn bind_sockaddr<A: SockAddr>(sock: &impl AsRawFd, addr: &A) -> io::Result<()> {
+    // SAFETY: `addr` is a sockaddr_in or sockaddr_in6 (the SockAddr
+    // impls), valid for reads of its size, which is passed with it.
+    unsafe {
+        syscall!(bind(
+            sock.as_raw_fd(),
+            (addr as *const A).cast(),
+            std::mem::size_of::<A>() as libc::socklen_t
+        ))?
+    };
+    Ok(())
+}
+
 /// Lets a listener queue up to `backlog` finished handshakes (the kernel
 /// caps it at `net.core.somaxconn`). Calling `listen` again on a listening
 /// socket only changes its backlog.
