@@ -336,6 +336,10 @@ fn bench_smoke_measures_every_requested_model() {
             .collect();
         assert_eq!(per_loop.len(), 2, "{per_loop:?}");
         assert_eq!(per_loop.iter().sum::<u64>(), 8, "{per_loop:?}");
+        // Compared with the one-loop epoll of the same rounds.
+        for ratio in ["rt_vs_one_loop", "cpu_vs_one_loop"] {
+            assert!(row[ratio].as_f64().unwrap() > 0.0, "{ratio}: {row}");
+        }
     }
     assert!(!runs
         .iter()

@@ -353,6 +353,12 @@ pub struct RunRow {
     pub cpu_vs_tokio: Option<f64>,
     /// Connections each loop accepted, with more than one loop.
     pub loop_conns: Vec<u64>,
+    /// With more than one loop: round trips per second divided by those of
+    /// the same model with one loop at the same load, median of the
+    /// per-round ratios.
+    pub rt_vs_one_loop: Option<f64>,
+    /// The same for server CPU per round trip.
+    pub cpu_vs_one_loop: Option<f64>,
 }
 
 /// CPU burned with idle connections.
@@ -534,6 +540,8 @@ fn empty_row(
         rounds: 1,
         cpu_vs_tokio: None,
         loop_conns: Vec::new(),
+        rt_vs_one_loop: None,
+        cpu_vs_one_loop: None,
     }
 }
 
@@ -637,6 +645,8 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         rounds: 1,
         cpu_vs_tokio: None,
         loop_conns: loop_conns(&s1),
+        rt_vs_one_loop: None,
+        cpu_vs_one_loop: None,
     })
 }
 
@@ -806,23 +816,30 @@ fn pick_median(mut rows: Vec<RunRow>) -> RunRow {
     row
 }
 
-/// Each configuration's CPU per round trip as a ratio to the tokio peer's
-/// at the same load: the median of the per-round ratios. Subjects of one
-/// round run seconds apart, so a ratio within a round cancels most of the
-/// machine's drift, which a ratio of medians over minutes would not.
-fn ratios_to_tokio(rounds: &[(RunKey, Vec<RunRow>)]) -> Vec<Option<f64>> {
-    let ok = |r: &RunRow| r.status.is_none() && r.errors == 0 && r.cpu_s_per_mrt > 0.0;
+/// Each configuration's `value` as a ratio to that of its `baseline` (the
+/// tokio peer, or the same model with one loop) at the same load: the
+/// median of the per-round ratios; `None` where `baseline` gives none.
+/// Subjects of one round run seconds apart, so a ratio within a round
+/// cancels most of the machine's drift, which a ratio of medians over
+/// minutes would not.
+fn median_ratios(
+    rounds: &[(RunKey, Vec<RunRow>)],
+    baseline: impl Fn(Target) -> Option<Target>,
+    value: impl Fn(&RunRow) -> f64,
+) -> Vec<Option<f64>> {
+    let ok = |r: &RunRow| r.status.is_none() && r.errors == 0 && value(r) > 0.0;
     rounds
         .iter()
-        .map(|((_, shape, conns), rows)| {
-            let (_, peer) = rounds
+        .map(|((target, shape, conns), rows)| {
+            let base = baseline(*target)?;
+            let (_, base_rows) = rounds
                 .iter()
-                .find(|((t, sh, c), _)| t.subject == Subject::Tokio && sh == shape && c == conns)?;
+                .find(|((t, sh, c), _)| *t == base && sh == shape && c == conns)?;
             let mut per_round: Vec<f64> = rows
                 .iter()
-                .zip(peer)
+                .zip(base_rows)
                 .filter(|(a, b)| ok(a) && ok(b))
-                .map(|(a, b)| a.cpu_s_per_mrt / b.cpu_s_per_mrt)
+                .map(|(a, b)| value(a) / value(b))
                 .collect();
             if per_round.is_empty() {
                 return None;
@@ -956,12 +973,22 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let i = plan.subjects.iter().position(|t| t == target);
         (i, *shape != "closed", *conns)
     });
-    let ratios = ratios_to_tokio(&rounds);
+    let tokio = Target {
+        subject: Subject::Tokio,
+        threads: 1,
+    };
+    let cpu = |r: &RunRow| r.cpu_s_per_mrt;
+    let vs_tokio = median_ratios(&rounds, |_| Some(tokio), cpu);
+    let one_loop = |t: Target| (t.threads > 1).then_some(Target { threads: 1, ..t });
+    let rt_vs_one = median_ratios(&rounds, one_loop, |r| r.rt_per_s);
+    let cpu_vs_one = median_ratios(&rounds, one_loop, cpu);
     report.runs = rounds
         .into_iter()
-        .zip(ratios)
-        .map(|((_, rows), ratio)| RunRow {
-            cpu_vs_tokio: ratio,
+        .enumerate()
+        .map(|(i, (_, rows))| RunRow {
+            cpu_vs_tokio: vs_tokio[i],
+            rt_vs_one_loop: rt_vs_one[i],
+            cpu_vs_one_loop: cpu_vs_one[i],
             ..pick_median(rows)
         })
         .collect();

@@ -124,6 +124,9 @@ pub fn table(r: &Report) -> String {
             } else if x.late > 0 {
                 notes.push(format!("{} late", x.late));
             }
+            if let (Some(rt), Some(cpu)) = (x.rt_vs_one_loop, x.cpu_vs_one_loop) {
+                notes.push(format!("vs 1 loop: rt/s {rt:.2}x, cpu/rt {cpu:.2}x"));
+            }
             if !x.loop_conns.is_empty() {
                 let n: Vec<String> = x.loop_conns.iter().map(u64::to_string).collect();
                 notes.push(format!("conns per loop {}", n.join("/")));
