@@ -19,9 +19,9 @@
 //! loops, the busier loop took 50 to 61% of them with `SO_REUSEPORT`, and
 //! 52 to 98% (epoll), 50 to 99% (coroutine) and 74 to 100% (uring, whose
 //! multishot accepts on one shared listener gave every connection to one
-//! ring in 12 of 14 runs) with the shared listener: loops left idle on a
-//! machine with cores to spare. The shared listener would also need
-//! changes to the drivers: an exclusive registration (without
+//! ring in 12 of 14 measured rows) with the shared listener: loops left
+//! idle on a machine with cores to spare. The shared listener would also
+//! need changes to the drivers: an exclusive registration (without
 //! `EPOLLRDHUP`, and never modified, so a paused listener is deleted and
 //! added again) in the selector and in the coroutine executor.
 //!
