@@ -3,10 +3,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
-const IOMUX: &str = env!("CARGO_BIN_EXE_iomux");
+mod common;
+use common::{address_in, Server as Served, IOMUX};
 
 fn iomux(args: &[&str]) -> Output {
     Command::new(IOMUX)
@@ -37,77 +38,6 @@ fn assert_one_line_error(out: &Output, needle: &str) {
 
 /// A server child, stopped by closing its stdin (`--control`) and killed
 /// (by its own PID) only if a test fails before that.
-/// The address `iomux serve` prints as the last word of its first line.
-fn address_in(first_line: &str) -> SocketAddr {
-    first_line
-        .split_whitespace()
-        .last()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {first_line:?}"))
-}
-
-struct Served {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    addr: SocketAddr,
-    first_line: String,
-}
-
-impl Served {
-    fn start(model: &str, extra: &[&str]) -> Served {
-        let mut child = Command::new(IOMUX)
-            .args([
-                "serve",
-                "--model",
-                model,
-                "--addr",
-                "127.0.0.1:0",
-                "--control",
-            ])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting iomux serve");
-        let stdin = child.stdin.take();
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
-        let addr = address_in(&first_line);
-        Served {
-            child,
-            stdin,
-            addr,
-            first_line,
-        }
-    }
-
-    /// Closes stdin and waits (bounded) for a clean exit.
-    fn stop(mut self) {
-        self.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "server exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "server did not stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Runs `iomux client` with `input` piped to its stdin.
 fn client_piped(addr: SocketAddr, input: &[u8]) -> Output {
     let mut child = Command::new(IOMUX)

@@ -20,17 +20,13 @@
 //! time, the pool's workers are all held by idle clients, busy-poll spins
 //! by design.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const IOMUX: &str = env!("CARGO_BIN_EXE_iomux");
-
-/// Upper bound of every wait for the server to reach a state.
-const PATIENCE: Duration = Duration::from_secs(20);
+mod common;
+use common::{Server, IOMUX, PATIENCE};
 
 fn full() -> bool {
     std::env::var("IOMUX_HOSTILE").is_ok_and(|v| v == "full")
@@ -54,171 +50,6 @@ fn available(model: &str) -> bool {
         }
     }
     true
-}
-
-/// A server child: the real binary, driven through `--control`.
-struct Server {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    addr: SocketAddr,
-    model: String,
-}
-
-impl Server {
-    fn start(model: &str, extra: &[&str]) -> Server {
-        Server::start_limited(model, extra, None)
-    }
-
-    /// Starts `iomux serve --model MODEL --control EXTRA...`, with
-    /// `RLIMIT_NOFILE` set to `nofile` if given.
-    fn start_limited(model: &str, extra: &[&str], nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(IOMUX);
-        cmd.args([
-            "serve",
-            "--model",
-            model,
-            "--addr",
-            "127.0.0.1:0",
-            "--control",
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        if let Some(n) = nofile {
-            // SAFETY: the closure runs in the child between fork and exec
-            // and calls only setrlimit, which is async-signal-safe, on a
-            // valid rlimit.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().expect("starting iomux serve");
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .last()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server {
-            child,
-            stdin,
-            stdout,
-            addr,
-            model: model.to_string(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The server's counters and `cpu_us`, from its control channel.
-    fn stats(&mut self) -> HashMap<String, u64> {
-        let stdin = self.stdin.as_mut().expect("server running");
-        writeln!(stdin, "stats").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.split_whitespace()
-            .skip(1)
-            .filter_map(|w| {
-                let (k, v) = w.split_once('=')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn stat(&mut self, name: &str) -> u64 {
-        *self
-            .stats()
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in the stats"))
-    }
-
-    /// The server's fd count once it has served a first client: by then
-    /// everything it opens lazily (its selector, its ring) is open.
-    fn warm_fds(&mut self) -> usize {
-        let mut c = client(self.addr);
-        round_trip(&mut c, b"warm up\n").unwrap();
-        drop(c);
-        self.wait_until("the warm-up connection closed", |s| s.stat("closed") == 1);
-        self.fds()
-    }
-
-    /// Open fds of the server process.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .expect("reading the server's fd table")
-            .count()
-    }
-
-    /// Resident memory of the server process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    /// Waits (bounded) until `cond` holds of the server; panics saying
-    /// `what` otherwise.
-    fn wait_until(&mut self, what: &str, mut cond: impl FnMut(&mut Server) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !cond(self) {
-            if Instant::now() >= deadline {
-                let stats = self.stats();
-                panic!(
-                    "{}: {what} did not happen within {PATIENCE:?}; stats {stats:?}",
-                    self.model
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Closes the control channel and waits (bounded) for exit status 0.
-    fn stop(mut self) {
-        self.stdin.take();
-        self.wait_exit();
-    }
-
-    fn wait_exit(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{}: exited with {status}", self.model);
-                return;
-            }
-            assert!(Instant::now() < deadline, "{}: did not exit", self.model);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Only our own child, and only if it is still running.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One round trip of `msg`; the reply must be its upper-case.
@@ -260,6 +91,16 @@ fn served_again(addr: SocketAddr, model: &str) {
 /// Models that serve clients concurrently (not one at a time).
 fn concurrent(model: &str) -> bool {
     model != "blocking"
+}
+
+/// The server's fd count once it has served a first client: by then
+/// everything it opens lazily (its selector, its ring) is open.
+fn warm_fds(server: &mut Server) -> usize {
+    let mut c = client(server.addr);
+    round_trip(&mut c, b"warm up\n").unwrap();
+    drop(c);
+    server.wait_until("the warm-up connection closed", |s| s.stat("closed") == 1);
+    server.fds()
 }
 
 // ---------------------------------------------------------------- checks
@@ -321,7 +162,7 @@ fn resets(model: &str) {
     }
     let mut server = Server::start(model, &[]);
     let addr = server.addr;
-    let baseline = server.warm_fds();
+    let baseline = warm_fds(&mut server);
     let n = 500;
     let payload = vec![b'r'; 64 * 1024];
     for _ in 0..n {
@@ -491,7 +332,7 @@ fn short_conns(model: &str) {
     }
     let mut server = Server::start(model, &[]);
     let addr = server.addr;
-    let baseline = server.warm_fds();
+    let baseline = warm_fds(&mut server);
     let n = size(2000, 20_000);
     let one = |i: usize| {
         let mut s = client(addr);

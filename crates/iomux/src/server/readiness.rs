@@ -136,9 +136,6 @@ struct Server {
     accept_paused: Option<TimerId>,
     /// The spare fd of [`FdExhaustion::ReserveFd`].
     reserve: Reserve,
-    /// Keep each connection's `last_active`: for the idle timeout, or to
-    /// pick the connection idle longest under [`FdExhaustion::Shed`].
-    track_activity: bool,
     conns: Slab<Slot>,
     next_serial: u64,
     /// The one input buffer of the loop.
@@ -235,8 +232,6 @@ pub(super) fn serve(
         stop_io: Some(stop_io),
         accept_paused: None,
         reserve: Reserve::new(config.on_fd_exhaustion)?,
-        track_activity: config.idle_timeout.is_some()
-            || config.on_fd_exhaustion == FdExhaustion::Shed,
         conns: Slab::default(),
         next_serial: 0,
         scratch: vec![0; config.read_chunk],
@@ -349,6 +344,13 @@ impl Server {
         }
     }
 
+    /// Whether each connection's `last_active` is kept: for the idle
+    /// timeout, or to pick the connection idle longest under
+    /// [`FdExhaustion::Shed`].
+    fn tracks_activity(&self) -> bool {
+        self.config.idle_timeout.is_some() || self.config.on_fd_exhaustion == FdExhaustion::Shed
+    }
+
     /// [`FdExhaustion::Shed`]: closes the connection idle longest that has
     /// nothing pending in either direction (no output unsent, no input
     /// unread or with the handler), so closing it loses no byte. `false`
@@ -401,7 +403,7 @@ impl Server {
         let draining = self.draining;
         // Activity matters only to the idle timeout and to shedding: skip
         // the bookkeeping on the hot path when neither is on.
-        let before = self.track_activity.then(|| self.counters_progress());
+        let before = self.tracks_activity().then(|| self.counters_progress());
         let Some(slot) = self.conns.get_mut(key) else {
             return; // closed earlier in this turn
         };

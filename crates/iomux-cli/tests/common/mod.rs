@@ -1,0 +1,180 @@
+//! What the CLI's test targets share: the `iomux` binary, and a server
+//! child driven through `--control`.
+#![allow(dead_code)] // each test target uses its own part
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const IOMUX: &str = env!("CARGO_BIN_EXE_iomux");
+
+/// Upper bound of every wait for the server to reach a state.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The address `iomux serve` prints as the last word of its first line.
+pub fn address_in(first_line: &str) -> SocketAddr {
+    first_line
+        .split_whitespace()
+        .last()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first_line:?}"))
+}
+
+/// A server child: the real binary, driven through `--control`.
+pub struct Server {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    /// The address, the last word of the first line.
+    pub addr: SocketAddr,
+    /// The server's first line of output.
+    pub first_line: String,
+    model: String,
+}
+
+impl Server {
+    pub fn start(model: &str, extra: &[&str]) -> Server {
+        Server::start_limited(model, extra, None)
+    }
+
+    /// Starts `iomux serve --model MODEL --control EXTRA...`, with
+    /// `RLIMIT_NOFILE` set to `nofile` if given.
+    pub fn start_limited(model: &str, extra: &[&str], nofile: Option<u64>) -> Server {
+        let mut cmd = Command::new(IOMUX);
+        cmd.args([
+            "serve",
+            "--model",
+            model,
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        if let Some(n) = nofile {
+            // SAFETY: the closure runs in the child between fork and exec
+            // and calls only setrlimit, which is async-signal-safe, on a
+            // valid rlimit.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("starting iomux serve");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = address_in(&line);
+        Server {
+            child,
+            stdin,
+            stdout,
+            addr,
+            first_line: line,
+            model: model.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's counters and `cpu_us`, from its control channel.
+    pub fn stats(&mut self) -> HashMap<String, u64> {
+        let stdin = self.stdin.as_mut().expect("server running");
+        writeln!(stdin, "stats").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|w| {
+                let (k, v) = w.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn stat(&mut self, name: &str) -> u64 {
+        *self
+            .stats()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in the stats"))
+    }
+
+    /// Open fds of the server process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("reading the server's fd table")
+            .count()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Waits (bounded) until `cond` holds of the server; panics saying
+    /// `what` otherwise.
+    pub fn wait_until(&mut self, what: &str, mut cond: impl FnMut(&mut Server) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !cond(self) {
+            if Instant::now() >= deadline {
+                let stats = self.stats();
+                panic!(
+                    "{}: {what} did not happen within {PATIENCE:?}; stats {stats:?}",
+                    self.model
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Closes the control channel and waits (bounded) for exit status 0.
+    pub fn stop(mut self) {
+        self.stdin.take();
+        self.wait_exit();
+    }
+
+    pub fn wait_exit(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{}: exited with {status}", self.model);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}: did not exit", self.model);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Only our own child, and only if it is still running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
