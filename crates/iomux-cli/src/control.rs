@@ -4,7 +4,8 @@
 //! After its address line, the server reads its stdin line by line. For each
 //! `stats` line it prints one line, `stats name=value name=value ...`, with
 //! every [`Counters`](iomux::server::Counters) field summed over the
-//! server's loops, `cpu_us`, the process's CPU time in microseconds, `loops`,
+//! server's loops, `cpu_us`, the process's CPU time in microseconds, `vcsw`, its voluntary
+//! context switches (sleeps), `loops`,
 //! and each loop's `accepted` as `loop0_accepted`, `loop1_accepted`, ...
 //! When its stdin closes (the bench is done, or died), it stops.
 
@@ -17,10 +18,10 @@ use iomux::server::{ServerCounters, Stop};
 /// One `stats` answer line (without the newline).
 pub fn format_stats(counters: &ServerCounters) -> String {
     let s = counters.snapshot();
-    let cpu_us = iomux::sys::process_cpu_time().map_or(0, |d| d.as_micros() as u64);
+    let usage = iomux::sys::process_usage().unwrap_or_default();
     let mut line = format!(
         "stats accepted={} refused={} closed={} resets={} accept_errors={} bytes_in={} bytes_out={} \
-         recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} idle_closed={} offloaded={} stalls={} cpu_us={}",
+         recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} idle_closed={} offloaded={} stalls={} cpu_us={} vcsw={}",
         s.accepted,
         s.refused,
         s.closed,
@@ -37,7 +38,8 @@ pub fn format_stats(counters: &ServerCounters) -> String {
         s.idle_closed,
         s.offloaded,
         s.stalls,
-        cpu_us
+        usage.cpu.as_micros() as u64,
+        usage.voluntary_switches
     );
     let loops = counters.loops();
     line += &format!(" loops={}", loops.len());

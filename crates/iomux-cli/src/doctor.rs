@@ -122,10 +122,11 @@ pub fn report() -> String {
             line(
                 "  kernel features",
                 format!(
-                    "FAST_POLL {}, NODROP {}, EXT_ARG {}",
+                    "FAST_POLL {}, NODROP {}, EXT_ARG {}, MIN_TIMEOUT {} (--uring-batch-wait, Linux 6.12)",
                     yes(f.fast_poll),
                     yes(f.nodrop),
-                    yes(f.ext_arg)
+                    yes(f.ext_arg),
+                    yes(f.min_timeout)
                 ),
             );
             line(

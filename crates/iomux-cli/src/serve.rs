@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// connection idle longest to make room; select, poll, epoll, uring).
     #[arg(long, default_value_t = FdExhaustion::default())]
     pub on_fd_exhaustion: FdExhaustion,
+    /// uring: make each wait for completions last this long (e.g. 100us,
+    /// at most 10ms) so they are handled in bigger batches: less CPU per
+    /// round trip, up to this much more latency. Needs Linux 6.12. 0: off.
+    #[arg(long, value_parser = parse_duration)]
+    pub uring_batch_wait: Option<Duration>,
     /// Pin the server (all its threads) to these CPUs, e.g. 0 or 0,1.
     #[arg(long, value_delimiter = ',')]
     pub pin_cpu: Vec<usize>,
@@ -167,10 +172,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration; write e.g. 30s, 500ms or 2m"))?;
     let secs = match unit {
+        "us" => n / 1e6,
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}; use us, ms, s or m"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a duration of zero or more"))
@@ -233,6 +243,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         catch_signals: loop_catches_signals,
         on_fd_exhaustion: args.on_fd_exhaustion,
         threads: args.threads,
+        uring_batch_wait: args.uring_batch_wait.filter(|d| !d.is_zero()),
         ..Config::default()
     };
     config

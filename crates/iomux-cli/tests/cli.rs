@@ -209,42 +209,71 @@ fn sigterm_stops_the_server_cleanly() {
     }
 }
 
-#[test]
-fn bench_smoke_measures_every_requested_model() {
-    let json = std::env::temp_dir().join(format!("iomux-bench-{}.json", std::process::id()));
+/// Runs `iomux bench ARGS --json FILE`, which must succeed; its report and
+/// output.
+fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!("iomux-bench-{}-{n}.json", std::process::id()));
     let out = Command::new(IOMUX)
-        .args([
-            "bench",
-            "--models",
-            "threaded,epoll,busy-poll,tokio",
-            "--conns",
-            "8",
-            "--paced-conns",
-            "8",
-            "--rate",
-            "2000",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.1",
-            "--idle-conns",
-            "10",
-            "--idle-secs",
-            "0.2",
-            "--mem-conns",
-            "50",
-            "--server-threads",
-            "1,2",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
+    (report, out)
+}
+
+/// The report's one-loop row of `model` under `shape`, which must have
+/// been measured: round trips and no errors.
+fn measured_row<'a>(
+    runs: &'a [serde_json::Value],
+    model: &str,
+    shape: &str,
+) -> &'a serde_json::Value {
+    let row = runs
+        .iter()
+        .find(|r| r["model"] == model && r["threads"] == 1 && r["shape"] == shape)
+        .unwrap_or_else(|| panic!("no {shape} row for {model}"));
+    assert!(
+        row["status"].is_null(),
+        "{model} {shape}: {}",
+        row["status"]
+    );
+    assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
+    assert_eq!(row["errors"], 0, "{model} {shape}");
+    row
+}
+
+#[test]
+fn bench_smoke_measures_every_requested_model() {
+    let (report, out) = bench_json(&[
+        "--models",
+        "threaded,epoll,busy-poll,tokio",
+        "--conns",
+        "8",
+        "--paced-conns",
+        "8",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--idle-conns",
+        "10",
+        "--idle-secs",
+        "0.2",
+        "--mem-conns",
+        "50",
+        "--server-threads",
+        "1,2",
+    ]);
     let runs = report["runs"].as_array().unwrap();
     // epoll also ran with two loops; the others, which run one, did not.
     for shape in ["closed", "paced"] {
@@ -276,17 +305,7 @@ fn bench_smoke_measures_every_requested_model() {
         .any(|r| r["threads"] != 1 && r["model"] != "epoll"));
     for model in ["threaded", "epoll", "busy-poll", "tokio"] {
         for shape in ["closed", "paced"] {
-            let row = runs
-                .iter()
-                .find(|r| r["model"] == model && r["shape"] == shape)
-                .unwrap_or_else(|| panic!("no {shape} row for {model}"));
-            assert!(
-                row["status"].is_null(),
-                "{model} {shape}: {}",
-                row["status"]
-            );
-            assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
-            assert_eq!(row["errors"], 0, "{model} {shape}");
+            let row = measured_row(runs, model, shape);
             assert!(row["p99_us"].as_f64().unwrap() > 0.0);
         }
         let idle = report["idle"].as_array().unwrap();
@@ -418,6 +437,18 @@ fn flags_for_other_models_or_protocols_are_refused() {
     assert_one_line_error(&out, "--work-ms is for --protocol slow-upper");
     let out = iomux(&[
         "serve",
+        "--model",
+        "epoll",
+        "--uring-batch-wait",
+        "100us",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert_one_line_error(&out, "is for the uring model only");
+    let out = iomux(&["bench", "--uring-batch-wait", "1s"]);
+    assert_one_line_error(&out, "1us to 10ms");
+    let out = iomux(&[
+        "serve",
         "--idle-timeout",
         "3 parsecs",
         "--addr",
@@ -471,6 +502,47 @@ fn uring_serves_the_piped_client_or_says_why_not() {
             let out = iomux(&["serve", "--model", "uring", "--addr", "127.0.0.1:0"]);
             assert_one_line_error(&out, "use --model epoll");
             eprintln!("skipped serving: {why}");
+        }
+    }
+}
+
+/// The bench runs uring once per batch wait asked for, beside epoll, and
+/// gives each uring row its CPU per round trip against epoll's.
+#[test]
+fn bench_runs_uring_beside_epoll_with_each_batch_wait() {
+    if !common::uring_batch_wait_available() {
+        return;
+    }
+    let (report, _) = bench_json(&[
+        "--models",
+        "epoll,uring",
+        "--uring-batch-wait",
+        "0,100us",
+        "--conns",
+        "4",
+        "--paced-conns",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--idle-conns",
+        "0",
+        "--mem-conns",
+        "0",
+    ]);
+    let runs = report["runs"].as_array().unwrap();
+    for model in ["epoll", "uring", "uring+100us"] {
+        for shape in ["closed", "paced"] {
+            let row = measured_row(runs, model, shape);
+            let vs_epoll = &row["cpu_vs_epoll"];
+            if model == "epoll" {
+                assert!(vs_epoll.is_null(), "{row}");
+            } else {
+                assert!(vs_epoll.as_f64().unwrap() > 0.0, "{model} {shape}: {row}");
+            }
         }
     }
 }

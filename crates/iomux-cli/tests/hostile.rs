@@ -482,3 +482,35 @@ fn shed_is_refused_where_no_loop_owns_every_connection() {
         assert!(err.contains("use reserve-fd or pause"), "{model}: {err}");
     }
 }
+
+/// uring with a batch wait, idle: the loop sleeps until something comes,
+/// instead of waking at the end of every batch time. Found by the bench: a
+/// minimum wait without an overall timeout ends when the batch time is up,
+/// even with nothing in, and the loop woke 10,000 times a second (17% of a
+/// core at 100 us).
+#[test]
+fn uring_batch_wait_sleeps_while_idle() {
+    if !common::uring_batch_wait_available() {
+        return;
+    }
+    let mut server = Server::start("uring", &["--uring-batch-wait", "100us"]);
+    let addr = server.addr;
+    let mut idle: Vec<TcpStream> = (0..50).map(|_| client(addr)).collect();
+    round_trip(&mut idle[0], b"batched\n").unwrap();
+    server.wait_until("the idle connections accepted", |s| {
+        s.stats()["accepted"] >= 50
+    });
+    let (waits_before, cpu_before) = (server.stat("wait_calls"), server.stat("cpu_us"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (waits, cpu) = (
+        server.stat("wait_calls") - waits_before,
+        server.stat("cpu_us") - cpu_before,
+    );
+    eprintln!("uring --uring-batch-wait 100us: {waits} waits and {cpu} us of CPU in 1 s idle");
+    // A loop that wakes each batch time makes ~10,000 waits here; one that
+    // sleeps makes one per second (its overall timeout), plus the stats.
+    assert!(waits < 100, "{waits} waits in 1 s idle");
+    assert!(cpu < 100_000, "{cpu} us of CPU in 1 s idle");
+    drop(idle);
+    server.stop();
+}

@@ -1,6 +1,7 @@
 //! The conformance suite every I/O model must pass, written once and
-//! instantiated per [`Model`] at the bottom of the file, and again with 2
-//! and 4 loops ([`Config::threads`]) for the models that run several.
+//! instantiated per [`Model`] at the bottom of the file, again with 2
+//! and 4 loops ([`Config::threads`]) for the models that run several, and
+//! for uring once more with a batch wait ([`Config::uring_batch_wait`]).
 //!
 //! Where a model cannot meet a check by design, the check asserts the
 //! behaviour the model has instead, with the reason next to it: iterative
@@ -24,11 +25,15 @@ use util::{any_local_address, Rng, GENEROUS};
 struct Case {
     model: Model,
     threads: usize,
+    /// [`Config::uring_batch_wait`] in microseconds; 0: none.
+    batch_wait_us: u64,
 }
 
 fn start(case: Case, config: Config) -> Server {
     let config = Config {
         threads: case.threads,
+        uring_batch_wait: (case.batch_wait_us > 0)
+            .then(|| Duration::from_micros(case.batch_wait_us)),
         ..config
     };
     Server::spawn(case.model, any_local_address(), config).expect("server starts on 127.0.0.1:0")
@@ -319,31 +324,42 @@ fn stops_cleanly(case: Case) {
 
 /// Whether `model` can run here; if not, prints why (the test is skipped:
 /// io_uring may be missing, disabled by sysctl, or filtered by seccomp).
-fn available(model: Model) -> bool {
-    if model == Model::Uring {
-        if let Err(why) = iomux::uring::probe() {
-            eprintln!("skipped: {why}");
-            return false;
+fn available(case: Case) -> bool {
+    if case.model == Model::Uring {
+        match iomux::uring::probe() {
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                return false;
+            }
+            Ok(p) if case.batch_wait_us > 0 && !p.features.min_timeout => {
+                eprintln!("skipped: the batch wait needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12)");
+                return false;
+            }
+            Ok(_) => {}
         }
     }
     true
 }
 
 macro_rules! conformance {
-    (@threads) => { 1 };
-    (@threads $n:literal) => { $n };
-    ($($name:ident => $model:expr $(, $threads:literal loops)?);* $(;)?) => {$(
+    (@or_default $d:literal) => { $d };
+    (@or_default $d:literal $n:literal) => { $n };
+    ($($name:ident => $model:expr $(, $threads:literal loops)? $(, wait $us:literal us)?);* $(;)?) => {$(
         mod $name {
             use super::*;
-            const CASE: Case = Case { model: $model, threads: conformance!(@threads $($threads)?) };
-            #[test] fn data_integrity() { if available($model) { super::data_integrity(CASE) } }
-            #[test] fn many_clients() { if available($model) { super::many_clients(CASE) } }
-            #[test] fn half_close() { if available($model) { super::half_close(CASE) } }
-            #[test] fn reset_does_not_disturb_others() { if available($model) { super::reset_does_not_disturb_others(CASE) } }
-            #[test] fn large_message() { if available($model) { super::large_message(CASE) } }
-            #[test] fn slow_reader_is_bounded() { if available($model) { super::slow_reader_is_bounded(CASE) } }
-            #[test] fn no_fd_leak() { if available($model) { super::no_fd_leak(CASE) } }
-            #[test] fn stops_cleanly() { if available($model) { super::stops_cleanly(CASE) } }
+            const CASE: Case = Case {
+                model: $model,
+                threads: conformance!(@or_default 1 $($threads)?),
+                batch_wait_us: conformance!(@or_default 0 $($us)?),
+            };
+            #[test] fn data_integrity() { if available(CASE) { super::data_integrity(CASE) } }
+            #[test] fn many_clients() { if available(CASE) { super::many_clients(CASE) } }
+            #[test] fn half_close() { if available(CASE) { super::half_close(CASE) } }
+            #[test] fn reset_does_not_disturb_others() { if available(CASE) { super::reset_does_not_disturb_others(CASE) } }
+            #[test] fn large_message() { if available(CASE) { super::large_message(CASE) } }
+            #[test] fn slow_reader_is_bounded() { if available(CASE) { super::slow_reader_is_bounded(CASE) } }
+            #[test] fn no_fd_leak() { if available(CASE) { super::no_fd_leak(CASE) } }
+            #[test] fn stops_cleanly() { if available(CASE) { super::stops_cleanly(CASE) } }
         }
     )*};
 }
@@ -364,4 +380,5 @@ conformance! {
     coroutine_4_loops => Model::Coroutine, 4 loops;
     uring_2_loops => Model::Uring, 2 loops;
     uring_4_loops => Model::Uring, 4 loops;
+    uring_batch_wait => Model::Uring, wait 200 us;
 }

@@ -30,7 +30,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use iomux::protocol::Protocol;
 use iomux::server::Model;
@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// models run with 1. A server with N loops is pinned to CPUs 0 to N-1.
     #[arg(long, default_value = "1")]
     pub server_threads: String,
+    /// uring's batch wait (`serve --uring-batch-wait`), comma-separated:
+    /// `0,100us` runs uring without it and with 100 µs (as `uring+100us`).
+    /// Every uring row also gets its CPU per round trip against epoll's.
+    #[arg(long, default_value = "0")]
+    pub uring_batch_wait: String,
 }
 
 /// A server kind the bench can start: one of our models or a peer.
@@ -129,12 +134,32 @@ pub struct Target {
     /// Loops, each on its own thread (`serve --threads`); 1 for the models
     /// that run one, and for the tokio peer (`current_thread`).
     threads: usize,
+    /// uring's batch wait in microseconds (0: none).
+    batch_wait_us: u32,
 }
 
 impl Target {
+    fn new(subject: Subject, threads: usize) -> Target {
+        Target {
+            subject,
+            threads,
+            batch_wait_us: 0,
+        }
+    }
+
+    /// Its name in reports: the model, with its batch wait if any
+    /// (`uring+100us`).
+    fn name(self) -> String {
+        if self.batch_wait_us > 0 {
+            format!("{}+{}us", self.subject.name(), self.batch_wait_us)
+        } else {
+            self.subject.name().to_string()
+        }
+    }
+
     /// Its name in progress lines and charts: `epoll`, or `epoll x2`.
     fn label(self) -> String {
-        label(self.subject.name(), self.threads)
+        label(&self.name(), self.threads)
     }
 }
 
@@ -209,6 +234,18 @@ impl BenchArgs {
         if server_threads.is_empty() || server_threads.contains(&0) {
             bail!("--server-threads takes loop counts of at least 1, e.g. 1 or 1,2");
         }
+        let mut batch_waits = Vec::new();
+        for w in self.uring_batch_wait.split(',').map(str::trim) {
+            let d =
+                crate::serve::parse_duration(w).map_err(|e| anyhow!("--uring-batch-wait: {e}"))?;
+            let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+            if d > Duration::from_millis(10) || (us == 0 && !d.is_zero()) {
+                bail!("--uring-batch-wait takes waits of 0 (none) or 1us to 10ms, e.g. 0,100us");
+            }
+            if !batch_waits.contains(&us) {
+                batch_waits.push(us);
+            }
+        }
         let mut subjects = Vec::new();
         if self.models == "all" {
             subjects.extend(
@@ -238,9 +275,19 @@ impl BenchArgs {
             let multi = matches!(subject, Subject::Model(m) if m.supports_threads());
             let before = targets.len();
             for &threads in &server_threads {
-                let t = Target { subject, threads };
-                if (threads == 1 || multi) && !targets.contains(&t) {
-                    targets.push(t);
+                let waits: &[u32] = if subject == Subject::Model(Model::Uring) {
+                    &batch_waits
+                } else {
+                    &[0]
+                };
+                for &batch_wait_us in waits {
+                    let t = Target {
+                        batch_wait_us,
+                        ..Target::new(subject, threads)
+                    };
+                    if (threads == 1 || multi) && !targets.contains(&t) {
+                        targets.push(t);
+                    }
                 }
             }
             if targets.len() == before && named {
@@ -338,6 +385,10 @@ pub struct RunRow {
     /// Counted syscalls (recv, send, wait, ctl) per round trip; for uring,
     /// its `io_uring_enter` calls (recv and send are submissions there).
     pub syscalls_per_rt: Option<f64>,
+    /// The server's voluntary context switches per round trip: how often
+    /// it went to sleep, and so had to be woken (on a VM, a cross-CPU
+    /// wake-up is one of the dearest parts of a round trip).
+    pub sleeps_per_rt: Option<f64>,
     /// Peak resident memory of the server, bytes.
     pub peak_rss: u64,
     /// Resident memory per connection above the idle server's, bytes.
@@ -359,6 +410,9 @@ pub struct RunRow {
     pub rt_vs_one_loop: Option<f64>,
     /// The same for server CPU per round trip.
     pub cpu_vs_one_loop: Option<f64>,
+    /// uring rows: CPU per round trip against epoll's with as many loops,
+    /// the median of per-round ratios.
+    pub cpu_vs_epoll: Option<f64>,
 }
 
 /// CPU burned with idle connections.
@@ -471,6 +525,12 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
         ],
         Subject::Tokio => vec!["peer-tokio".into()],
     };
+    if target.batch_wait_us > 0 {
+        args.extend([
+            "--uring-batch-wait".into(),
+            format!("{}us", target.batch_wait_us),
+        ]);
+    }
     args.extend(["--addr".into(), "127.0.0.1:0".into(), "--control".into()]);
     if plan.pin {
         let cpus: Vec<String> = plan
@@ -518,7 +578,7 @@ fn empty_row(
     status: String,
 ) -> RunRow {
     RunRow {
-        model: target.subject.name().into(),
+        model: target.name(),
         threads: target.threads,
         shape,
         conns,
@@ -533,6 +593,7 @@ fn empty_row(
         server_cores: 0.0,
         waits_per_rt: None,
         syscalls_per_rt: None,
+        sleeps_per_rt: None,
         peak_rss: 0,
         rss_per_conn: 0.0,
         errors: 0,
@@ -542,6 +603,7 @@ fn empty_row(
         loop_conns: Vec::new(),
         rt_vs_one_loop: None,
         cpu_vs_one_loop: None,
+        cpu_vs_epoll: None,
     }
 }
 
@@ -619,7 +681,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         ));
     }
     Ok(RunRow {
-        model: subject.name().into(),
+        model: target.name(),
         threads: target.threads,
         shape,
         conns,
@@ -638,6 +700,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
             None
         },
         syscalls_per_rt: if is_model { per_rt(syscalls) } else { None },
+        sleeps_per_rt: per_rt(delta(&s0, &s1, "vcsw")),
         peak_rss,
         rss_per_conn: rss_now.saturating_sub(rss_idle) as f64 / conns as f64,
         errors: result.errors,
@@ -647,6 +710,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         loop_conns: loop_conns(&s1),
         rt_vs_one_loop: None,
         cpu_vs_one_loop: None,
+        cpu_vs_epoll: None,
     })
 }
 
@@ -665,7 +729,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
     let (subject, conns) = (target.subject, plan.idle_conns);
     if let Some(reason) = cannot_take(subject, conns, plan.workers) {
         return Ok(IdleRow {
-            model: subject.name().into(),
+            model: target.name(),
             threads: target.threads,
             conns,
             status: Some(reason),
@@ -683,7 +747,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
     drop(held);
     server.stop()?;
     Ok(IdleRow {
-        model: subject.name().into(),
+        model: target.name(),
         threads: target.threads,
         conns,
         status: None,
@@ -694,7 +758,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
 fn run_memory(target: Target, plan: &Plan) -> Result<MemRow> {
     let (subject, conns) = (target.subject, plan.mem_conns);
     let row = |status: String| MemRow {
-        model: subject.name().into(),
+        model: target.name(),
         threads: target.threads,
         conns,
         status: Some(status),
@@ -725,7 +789,7 @@ fn run_memory(target: Target, plan: &Plan) -> Result<MemRow> {
         )));
     }
     Ok(MemRow {
-        model: subject.name().into(),
+        model: target.name(),
         threads: target.threads,
         conns,
         status: None,
@@ -945,7 +1009,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             Job::Idle(target) => report
                 .idle
                 .push(run_idle(target, &plan).unwrap_or_else(|e| IdleRow {
-                    model: target.subject.name().into(),
+                    model: target.name(),
                     threads: target.threads,
                     conns: plan.idle_conns,
                     status: Some(format!("failed: {e:#}")),
@@ -955,7 +1019,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 report
                     .memory
                     .push(run_memory(target, &plan).unwrap_or_else(|e| MemRow {
-                        model: target.subject.name().into(),
+                        model: target.name(),
                         threads: target.threads,
                         conns: plan.mem_conns,
                         status: Some(format!("failed: {e:#}")),
@@ -973,15 +1037,19 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let i = plan.subjects.iter().position(|t| t == target);
         (i, *shape != "closed", *conns)
     });
-    let tokio = Target {
-        subject: Subject::Tokio,
-        threads: 1,
-    };
+    let tokio = Target::new(Subject::Tokio, 1);
     let cpu = |r: &RunRow| r.cpu_s_per_mrt;
     let vs_tokio = median_ratios(&rounds, |_| Some(tokio), cpu);
     let one_loop = |t: Target| (t.threads > 1).then_some(Target { threads: 1, ..t });
     let rt_vs_one = median_ratios(&rounds, one_loop, |r| r.rt_per_s);
     let cpu_vs_one = median_ratios(&rounds, one_loop, cpu);
+    // uring against epoll with as many loops (what issue-style targets are
+    // stated as).
+    let epoll_beside = |t: Target| {
+        (t.subject == Subject::Model(Model::Uring))
+            .then_some(Target::new(Subject::Model(Model::Epoll), t.threads))
+    };
+    let cpu_vs_epoll = median_ratios(&rounds, epoll_beside, cpu);
     report.runs = rounds
         .into_iter()
         .enumerate()
@@ -989,6 +1057,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             cpu_vs_tokio: vs_tokio[i],
             rt_vs_one_loop: rt_vs_one[i],
             cpu_vs_one_loop: cpu_vs_one[i],
+            cpu_vs_epoll: cpu_vs_epoll[i],
             ..pick_median(rows)
         })
         .collect();

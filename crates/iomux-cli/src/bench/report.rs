@@ -99,6 +99,7 @@ pub fn table(r: &Report) -> String {
         "cores",
         "waits/rt",
         "sys/rt",
+        "sleeps/rt",
         "peak MiB",
         "B/conn",
         "note",
@@ -114,7 +115,7 @@ pub fn table(r: &Report) -> String {
             if x.rt_per_s == 0.0 {
                 let mut v = vec![x.model.clone(), x.threads.to_string(), load];
                 v.push(x.conns.to_string());
-                v.extend(std::iter::repeat_n("-".to_string(), 12));
+                v.extend(std::iter::repeat_n("-".to_string(), 13));
                 v.push(x.status.clone().unwrap_or_default());
                 return v;
             }
@@ -123,6 +124,9 @@ pub fn table(r: &Report) -> String {
                 notes.push(s.clone());
             } else if x.late > 0 {
                 notes.push(format!("{} late", x.late));
+            }
+            if let Some(r) = x.cpu_vs_epoll {
+                notes.push(format!("cpu/rt vs epoll {r:.2}x"));
             }
             if let (Some(rt), Some(cpu)) = (x.rt_vs_one_loop, x.cpu_vs_one_loop) {
                 notes.push(format!("vs 1 loop: rt/s {rt:.2}x, cpu/rt {cpu:.2}x"));
@@ -146,6 +150,7 @@ pub fn table(r: &Report) -> String {
                 num(x.server_cores),
                 opt(x.waits_per_rt),
                 opt(x.syscalls_per_rt),
+                opt(x.sleeps_per_rt),
                 mib(x.peak_rss),
                 format!("{:.0}", x.rss_per_conn),
                 notes.join("; "),

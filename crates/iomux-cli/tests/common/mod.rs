@@ -178,3 +178,20 @@ impl Drop for Server {
         }
     }
 }
+
+/// Whether `--uring-batch-wait` can run here (io_uring with
+/// `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12); if not, prints why the caller
+/// is skipped.
+pub fn uring_batch_wait_available() -> bool {
+    match iomux::uring::probe() {
+        Ok(p) if p.features.min_timeout => true,
+        Ok(_) => {
+            eprintln!("skipped: no IORING_FEAT_MIN_TIMEOUT (Linux 6.12)");
+            false
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}

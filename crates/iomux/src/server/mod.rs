@@ -66,6 +66,10 @@ pub use loops::{bind_loops, serve_loops};
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The longest [`Config::uring_batch_wait`]: past this, added latency
+/// buys no more batching worth having.
+const MAX_BATCH_WAIT: Duration = Duration::from_millis(10);
+
 /// The I/O models iomux serves with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Model {
@@ -241,6 +245,14 @@ pub struct Config {
     /// connection stays on the loop that accepted it. [`serve`] runs one;
     /// [`serve_loops`] and [`Server::spawn`] run them all.
     pub threads: usize,
+    /// [`Model::Uring`] only: each wait for completions lasts this long
+    /// (unless 1,024 completions are in first; at most 10 ms) before the
+    /// loop handles what came, so completions are handled
+    /// in bigger batches: fewer wake-ups of the loop and of its peers per
+    /// round trip, for up to this much more latency. Like a network card's
+    /// interrupt coalescing. Needs `IORING_FEAT_MIN_TIMEOUT` (Linux 6.12).
+    /// `None` (the default): the loop wakes at the first completion.
+    pub uring_batch_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -257,6 +269,7 @@ impl Default for Config {
             catch_signals: false,
             on_fd_exhaustion: FdExhaustion::Pause,
             threads: 1,
+            uring_batch_wait: None,
         }
     }
 }
@@ -290,6 +303,11 @@ impl Config {
         }
         if self.threads == 0 {
             return bad("threads must be at least 1");
+        }
+        if let Some(wait) = self.uring_batch_wait {
+            if wait.is_zero() || wait > MAX_BATCH_WAIT {
+                return bad("uring_batch_wait must be longer than zero and at most 10 ms (or off)");
+            }
         }
         Ok(())
     }
@@ -325,6 +343,12 @@ impl Config {
                     "model {model} runs one loop; threads above 1 are for {}",
                     names.join(", ")
                 ),
+            ));
+        }
+        if self.uring_batch_wait.is_some() && model != Model::Uring {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("uring_batch_wait is for the uring model only, not {model}"),
             ));
         }
         if !self.on_fd_exhaustion.supported_by(model) {

@@ -34,6 +34,10 @@
 //! * stopping is a completion too: a poll on the [`Stop`] fd. The loop then
 //!   cancels every operation and drains the ring before it frees anything.
 //!
+//! With [`Config::uring_batch_wait`] each wait lasts that long unless
+//! 1,024 completions come first (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12):
+//! fewer, bigger batches per wake-up, for that much more latency.
+//!
 //! Counters: `recv_calls` and `send_calls` count recv and send
 //! *submissions* (a multishot recv counts once however many messages it
 //! delivers); `wait_calls` counts every `io_uring_enter`, the loop's only
@@ -71,6 +75,11 @@ const BGID: u16 = 0;
 /// Buffer sets kept for reuse, and the largest buffer kept in one.
 const SPARE_BUFFERS: usize = 64;
 const SPARE_MAX: usize = 16 * 1024;
+/// With [`Config::uring_batch_wait`]: how many completions end a wait
+/// before its time is up.
+const BATCH_WANT: usize = 1024;
+/// With [`Config::uring_batch_wait`]: the overall timeout of a wait.
+const BATCH_IDLE: Duration = Duration::from_secs(1);
 /// How long stopping waits for cancelled operations to complete.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -250,6 +259,10 @@ struct Loop<'a> {
     /// Turns of the loop so far: the clock of `Slot::last_active`, which
     /// costs no syscall.
     turn: u64,
+    /// [`Config::uring_batch_wait`] in microseconds.
+    batch_wait: Option<u32>,
+    /// [`BATCH_IDLE`] for the kernel.
+    batch_idle: Timespec,
 }
 
 pub(super) fn serve(
@@ -271,6 +284,15 @@ pub(super) fn serve_with(
     stop: &Stop,
     counters: &Counters,
 ) -> io::Result<()> {
+    if config.uring_batch_wait.is_some() && !features.min_timeout {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "--uring-batch-wait needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12), which this kernel lacks; leave it off",
+        ));
+    }
+    let batch_wait = config
+        .uring_batch_wait
+        .map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1));
     let (ring, _, _) = build_ring(SQ_ENTRIES)?;
     let size = config.read_chunk.clamp(1, MAX_BUFFER) as u32;
     let bufs = BufRing::new(&ring, BUFFERS, size, BGID)?;
@@ -296,6 +318,8 @@ pub(super) fn serve_with(
         spare: Vec::new(),
         reserve: Reserve::new(config.on_fd_exhaustion)?,
         turn: 0,
+        batch_wait,
+        batch_idle: Timespec::new().sec(BATCH_IDLE.as_secs()),
     };
     lp.run()
 }
@@ -346,8 +370,30 @@ impl Loop<'_> {
     /// a full socket does not complete at once, and the others must not
     /// wait for it); on the VM this was measured on, arming that timer on
     /// every wait cost more CPU than the enter it saved (see the README).
+    ///
+    /// With [`Config::uring_batch_wait`], a wait for one completion instead
+    /// waits for [`BATCH_WANT`] with the kernel's minimum timeout: it
+    /// returns when that many are in, or once the batch time is up and at
+    /// least one is (whichever comes first), so one wake-up handles a
+    /// bigger batch.
     fn enter(&mut self, want: usize) -> io::Result<()> {
         Counters::add(&self.counters.wait_calls, 1);
+        if let (1, Some(usec)) = (want, self.batch_wait) {
+            // Wait up to the batch time for BATCH_WANT completions, then
+            // for the first one if none came. The kernel needs an overall
+            // timeout for that second part, or it ends the wait when the
+            // batch time is up even with nothing in (an idle loop would
+            // then wake every batch time); a long one costs an idle loop
+            // one wake-up per BATCH_IDLE.
+            let args = SubmitArgs::new()
+                .min_wait_usec(usec)
+                .timespec(&self.batch_idle);
+            return match self.ring.submitter().submit_with_args(BATCH_WANT, &args) {
+                Ok(_) => Ok(()),
+                Err(e) if retry_later(&e) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
             Err(e) if retry_later(&e) => Ok(()),

@@ -228,19 +228,40 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// CPU time this process has used, user plus system, all threads (dead ones
-/// included). Linux derives it from the scheduler's nanosecond run time, so
-/// it is precise to the microsecond it is reported in, unlike the 10 ms
-/// ticks of `/proc/PID/stat`.
-pub fn process_cpu_time() -> io::Result<std::time::Duration> {
+/// What this process has used so far, all threads (dead ones included),
+/// from `getrusage(RUSAGE_SELF)`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// User plus system CPU time. Linux derives it from the scheduler's
+    /// nanosecond run time, so it is precise to the microsecond it is
+    /// reported in, unlike the 10 ms ticks of `/proc/PID/stat`.
+    pub cpu: std::time::Duration,
+    /// Voluntary context switches: how many times a thread went to sleep
+    /// (in a wait, a blocking read, a lock). For a one-thread server, its
+    /// sleeps and so its wake-ups.
+    pub voluntary_switches: u64,
+    /// Involuntary context switches: preemptions.
+    pub involuntary_switches: u64,
+}
+
+/// This process's CPU time and context switches; see [`ProcessUsage`].
+pub fn process_usage() -> io::Result<ProcessUsage> {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid rusage for getrusage to fill.
     unsafe { syscall!(getrusage(libc::RUSAGE_SELF, &mut ru))? };
     let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
-    Ok(std::time::Duration::from_micros(
-        us(ru.ru_utime) + us(ru.ru_stime),
-    ))
+    Ok(ProcessUsage {
+        cpu: std::time::Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime)),
+        voluntary_switches: ru.ru_nvcsw as u64,
+        involuntary_switches: ru.ru_nivcsw as u64,
+    })
+}
+
+/// CPU time this process has used, user plus system, all threads (dead ones
+/// included); see [`ProcessUsage::cpu`].
+pub fn process_cpu_time() -> io::Result<std::time::Duration> {
+    process_usage().map(|u| u.cpu)
 }
 
 /// Pins the calling thread, and the threads it creates afterwards, to the

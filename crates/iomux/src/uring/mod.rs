@@ -21,6 +21,7 @@
 //! | `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN` | 6.0 / 6.1 | completion work runs in batches when the loop waits | `COOP_TASKRUN` |
 //! | `IORING_FEAT_FAST_POLL` | 5.7 | a recv/send that would block waits on the socket's wait queue instead of a kernel thread | (kernel decides) |
 //! | `IORING_FEAT_EXT_ARG` | 5.11 | bounded waits while draining at shutdown | unbounded waits |
+//! | `IORING_FEAT_MIN_TIMEOUT` | 6.12 | [`Config::uring_batch_wait`](crate::server::Config::uring_batch_wait): a wait that lasts a minimum time, to gather completions into bigger batches | that option is refused |
 //!
 //! Every feature is detected at run time by [`probe()`]: opcodes through
 //! `IORING_REGISTER_PROBE`, buffer rings by registering one, setup flags by

@@ -168,6 +168,11 @@ pub struct Features {
     pub nodrop: bool,
     /// `IORING_FEAT_EXT_ARG` (5.11): waits with a timeout.
     pub ext_arg: bool,
+    /// `IORING_FEAT_MIN_TIMEOUT` (6.12): a wait for several completions
+    /// that gives up after a minimum time once one is in, which
+    /// [`Config::uring_batch_wait`](crate::server::Config::uring_batch_wait)
+    /// needs.
+    pub min_timeout: bool,
 }
 
 impl Features {
@@ -310,6 +315,7 @@ mod imp {
             fast_poll: params.is_feature_fast_poll(),
             nodrop: params.is_feature_nodrop(),
             ext_arg: params.is_feature_ext_arg(),
+            min_timeout: params.is_feature_min_timeout(),
         };
         if let Some(missing) = features.missing() {
             return Err(Unavailable::TooOld {
