@@ -239,7 +239,7 @@ impl BenchArgs {
             let d =
                 crate::serve::parse_duration(w).map_err(|e| anyhow!("--uring-batch-wait: {e}"))?;
             let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-            if d > Duration::from_millis(10) || (us == 0 && !d.is_zero()) {
+            if d > iomux::server::Config::MAX_URING_BATCH_WAIT || (us == 0 && !d.is_zero()) {
                 bail!("--uring-batch-wait takes waits of 0 (none) or 1us to 10ms, e.g. 0,100us");
             }
             if !batch_waits.contains(&us) {
@@ -274,12 +274,12 @@ impl BenchArgs {
         for &subject in &subjects {
             let multi = matches!(subject, Subject::Model(m) if m.supports_threads());
             let before = targets.len();
+            let waits: &[u32] = if subject == Subject::Model(Model::Uring) {
+                &batch_waits
+            } else {
+                &[0]
+            };
             for &threads in &server_threads {
-                let waits: &[u32] = if subject == Subject::Model(Model::Uring) {
-                    &batch_waits
-                } else {
-                    &[0]
-                };
                 for &batch_wait_us in waits {
                     let t = Target {
                         batch_wait_us,

@@ -66,10 +66,6 @@ pub use loops::{bind_loops, serve_loops};
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The longest [`Config::uring_batch_wait`]: past this, added latency
-/// buys no more batching worth having.
-const MAX_BATCH_WAIT: Duration = Duration::from_millis(10);
-
 /// The I/O models iomux serves with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Model {
@@ -275,6 +271,10 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The longest [`uring_batch_wait`](Config::uring_batch_wait): past
+    /// this, added latency buys no more batching worth having.
+    pub const MAX_URING_BATCH_WAIT: Duration = Duration::from_millis(10);
+
     /// Checks the values a driver relies on.
     ///
     /// # Errors
@@ -305,7 +305,7 @@ impl Config {
             return bad("threads must be at least 1");
         }
         if let Some(wait) = self.uring_batch_wait {
-            if wait.is_zero() || wait > MAX_BATCH_WAIT {
+            if wait.is_zero() || wait > Config::MAX_URING_BATCH_WAIT {
                 return bad("uring_batch_wait must be longer than zero and at most 10 ms (or off)");
             }
         }

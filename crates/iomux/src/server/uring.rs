@@ -388,17 +388,9 @@ impl Loop<'_> {
             let args = SubmitArgs::new()
                 .min_wait_usec(usec)
                 .timespec(&self.batch_idle);
-            return match self.ring.submitter().submit_with_args(BATCH_WANT, &args) {
-                Ok(_) => Ok(()),
-                Err(e) if retry_later(&e) => Ok(()),
-                Err(e) => Err(e),
-            };
+            return settled(self.ring.submitter().submit_with_args(BATCH_WANT, &args));
         }
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => Ok(()),
-            Err(e) if retry_later(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        settled(self.ring.submit_and_wait(want))
     }
 
     fn reap(&mut self) -> io::Result<()> {
@@ -820,11 +812,7 @@ impl Loop<'_> {
             if self.features.ext_arg {
                 Counters::add(&self.counters.wait_calls, 1);
                 let args = SubmitArgs::new().timespec(&ts);
-                match self.ring.submitter().submit_with_args(1, &args) {
-                    Ok(_) => {}
-                    Err(e) if retry_later(&e) => {}
-                    Err(e) => return Err(e),
-                }
+                settled(self.ring.submitter().submit_with_args(1, &args))?;
             } else {
                 self.enter(1)?;
             }
@@ -849,13 +837,21 @@ impl Loop<'_> {
     }
 }
 
-/// Errors of `io_uring_enter` that only mean "not now": interrupted, the
-/// completion queue is full (reap, then enter again), or a timed wait ended.
-fn retry_later(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
-    )
+/// An `io_uring_enter` result, with the errors that only mean "not now"
+/// taken as success: interrupted, the completion queue is full (reap, then
+/// enter again), or a timed wait ended. The loop reaps either way.
+fn settled(res: io::Result<usize>) -> io::Result<()> {
+    match res {
+        Err(e)
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EBUSY | libc::EAGAIN | libc::ETIME)
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

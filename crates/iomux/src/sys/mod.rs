@@ -258,12 +258,6 @@ pub fn process_usage() -> io::Result<ProcessUsage> {
     })
 }
 
-/// CPU time this process has used, user plus system, all threads (dead ones
-/// included); see [`ProcessUsage::cpu`].
-pub fn process_cpu_time() -> io::Result<std::time::Duration> {
-    process_usage().map(|u| u.cpu)
-}
-
 /// Pins the calling thread, and the threads it creates afterwards, to the
 /// given CPUs.
 #[cfg(target_os = "linux")]
