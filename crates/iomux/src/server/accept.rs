@@ -1,12 +1,30 @@
-//! Accepting connections: what happens when `accept` fails.
+//! Accepting connections, the same way in every driver: one
+//! [`Acceptor`] per loop (or acceptor thread) decides what each `accept`
+//! outcome means.
+//!
+//! * a new connection is counted in `accepted`, gets `TCP_NODELAY` (replies
+//!   are whole messages: Nagle must not hold them back) and is handed over
+//!   non-blocking and close-on-exec;
+//! * past [`Config::max_conns`] live connections it is closed at once and
+//!   counted in `refused`, so the kernel's backlog never fills with clients
+//!   that wait forever;
+//! * `ECONNABORTED` (the client gave up between its handshake and our
+//!   accept) and `EINTR` mean "take the next one"; `ECONNABORTED` is
+//!   counted in `accept_errors`;
+//! * any other failure (`EMFILE`, `ENFILE`, ...) is counted, and handled as
+//!   [`Config::on_fd_exhaustion`] says ([`FdExhaustion`]): the waiting
+//!   clients are turned away with the spare fd, or the driver must make
+//!   room or pause for [`ACCEPT_BACKOFF`]. Nothing here ever makes a loop
+//!   spin or a server exit.
 
 use std::fmt;
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::{OwnedFd, RawFd};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Counters, Model};
+use super::{Config, Counters, Model};
 
 /// How long a driver waits before accepting again after an accept error
 /// such as `EMFILE`: long enough not to spin, short enough to recover fast.
@@ -176,23 +194,133 @@ fn open_spare() -> io::Result<OwnedFd> {
     std::fs::File::open("/dev/null").map(OwnedFd::from)
 }
 
-/// Handles a failed `accept` on `listener` for the thread-based drivers:
-/// counts it and, for anything but `WouldBlock` and `EINTR`, either turns
-/// the waiting clients away ([`FdExhaustion::ReserveFd`]) or sleeps
-/// [`ACCEPT_BACKOFF`], so that `EMFILE` cannot make the loop spin. The
-/// error is never fatal: the caller accepts again.
-pub(crate) fn accept_failed(
-    e: &io::Error,
-    listener: RawFd,
-    reserve: &mut Reserve,
-    counters: &Counters,
-) {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-        _ => {
-            Counters::add(&counters.accept_errors, 1);
-            if !reserve.turn_away(e, listener, counters) {
-                std::thread::sleep(ACCEPT_BACKOFF);
+/// What one [`Acceptor::accept`] gave.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// A connection to serve: non-blocking, `TCP_NODELAY`, counted.
+    Conn(TcpStream),
+    /// Nobody is waiting (`WouldBlock`): wait for the listener again.
+    Empty,
+    /// Out of fds, and the waiting clients were turned away with the spare
+    /// fd ([`FdExhaustion::ReserveFd`]), counted. A driver that waits for
+    /// the listener's readiness waits again; one that does not (busy-poll,
+    /// uring's re-armed accept) must pause: out of fds, the kernel's
+    /// `accept` fails at once even with nobody waiting.
+    TurnedAway,
+    /// Nothing to serve from this call (a client refused over
+    /// `max_conns`, one that gave up, `EINTR`): accept again.
+    Again,
+    /// Out of fds (or another failure), counted: make room
+    /// ([`FdExhaustion::Shed`], where the driver can) or pause accepting
+    /// for [`ACCEPT_BACKOFF`]. Retrying at once would fail the same way.
+    Exhausted(io::Error),
+}
+
+/// The accept policy of one loop, or of one acceptor thread.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    max_conns: usize,
+    reserve: Reserve,
+}
+
+impl Acceptor {
+    /// The policy `config` asks for (opens the spare fd of
+    /// [`FdExhaustion::ReserveFd`]).
+    pub(crate) fn new(config: &Config) -> io::Result<Acceptor> {
+        Ok(Acceptor {
+            max_conns: config.max_conns,
+            reserve: Reserve::new(config.on_fd_exhaustion)?,
+        })
+    }
+
+    /// The fd-exhaustion policy.
+    pub(crate) fn policy(&self) -> FdExhaustion {
+        self.reserve.policy()
+    }
+
+    /// One `accept` on the non-blocking `listener`, while `live`
+    /// connections are served (pass 0 where something else bounds them).
+    pub(crate) fn accept(&mut self, listener: RawFd, live: usize, counters: &Counters) -> Accepted {
+        match crate::sys::accept_nonblocking(listener) {
+            Ok(stream) => match self.admit(stream, live, counters) {
+                Some(stream) => Accepted::Conn(stream),
+                None => Accepted::Again,
+            },
+            Err(e) => self.failed(e, listener, counters),
+        }
+    }
+
+    /// A connection accepted by other means (an io_uring completion):
+    /// counted, and `TCP_NODELAY` set; `None` (closed, counted in
+    /// `refused`) past `max_conns`.
+    pub(crate) fn admit(
+        &mut self,
+        stream: TcpStream,
+        live: usize,
+        counters: &Counters,
+    ) -> Option<TcpStream> {
+        Counters::add(&counters.accepted, 1);
+        if live >= self.max_conns {
+            Counters::add(&counters.refused, 1);
+            return None; // dropping `stream` closes it
+        }
+        let _ = stream.set_nodelay(true);
+        Some(stream)
+    }
+
+    /// What a failed accept on `listener` means, counted; never
+    /// [`Accepted::Conn`].
+    pub(crate) fn failed(
+        &mut self,
+        e: io::Error,
+        listener: RawFd,
+        counters: &Counters,
+    ) -> Accepted {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Accepted::Empty,
+            io::ErrorKind::Interrupted => Accepted::Again,
+            _ if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                Counters::add(&counters.accept_errors, 1);
+                Accepted::Again
+            }
+            _ => {
+                Counters::add(&counters.accept_errors, 1);
+                if self.reserve.turn_away(&e, listener, counters) {
+                    Accepted::TurnedAway
+                } else {
+                    Accepted::Exhausted(e)
+                }
+            }
+        }
+    }
+
+    /// For a driver that waits for the listener with `wait` (which returns
+    /// `false` once the server stops): the next connection, or `None`
+    /// once stopped. Sleeps [`ACCEPT_BACKOFF`] after an exhausted accept.
+    ///
+    /// # Errors
+    /// Only `wait`'s own.
+    pub(crate) fn next_blocking(
+        &mut self,
+        listener: RawFd,
+        live: impl Fn() -> usize,
+        counters: &Counters,
+        mut wait: impl FnMut() -> io::Result<bool>,
+    ) -> io::Result<Option<TcpStream>> {
+        loop {
+            if !wait()? {
+                return Ok(None);
+            }
+            loop {
+                match self.accept(listener, live(), counters) {
+                    Accepted::Conn(stream) => return Ok(Some(stream)),
+                    Accepted::Again => continue,
+                    Accepted::Empty | Accepted::TurnedAway => break,
+                    Accepted::Exhausted(_) => {
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                        break;
+                    }
+                }
             }
         }
     }

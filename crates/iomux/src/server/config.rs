@@ -4,13 +4,10 @@ use std::io;
 use std::time::Duration;
 
 use super::{FdExhaustion, Model};
-use crate::protocol::Protocol;
 
 /// A validated server configuration.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The protocol every connection speaks.
-    pub protocol: Protocol,
     /// Worker threads of [`Model::Pool`] (at least 1).
     pub workers: usize,
     /// Connections served at once (at least 1), per loop; more are accepted
@@ -59,7 +56,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            protocol: Protocol::Upper,
             workers: 4,
             max_conns: 10_000,
             max_output: 256 * 1024,

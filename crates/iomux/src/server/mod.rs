@@ -42,6 +42,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+pub use crate::protocol::Factory;
+
 mod accept;
 mod blocking;
 mod busy_poll;
@@ -57,7 +59,7 @@ mod threaded;
 #[cfg(all(target_os = "linux", feature = "uring"))]
 mod uring;
 
-pub(crate) use accept::{accept_failed, Reserve};
+pub(crate) use accept::{Accepted, Acceptor};
 pub use accept::{FdExhaustion, ACCEPT_BACKOFF};
 pub use config::Config;
 pub use counters::{Counters, ServerCounters, Snapshot};
@@ -77,12 +79,13 @@ pub use stop::Stop;
 /// lacks, or a failure to set up (creating the selector). Errors of single
 /// connections are never returned: they close that connection and are
 /// counted.
-pub fn serve(
+pub fn serve<F: Factory>(
     model: Model,
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     config.validate_for(model)?;
     if config.threads != 1 {
@@ -92,20 +95,20 @@ pub fn serve(
         ));
     }
     match model {
-        Model::Blocking => blocking::serve(listener, config, stop, counters),
-        Model::Threaded => threaded::serve(listener, config, stop, counters),
-        Model::Pool => pool::serve(listener, config, stop, counters),
-        Model::BusyPoll => busy_poll::serve(listener, config, stop, counters),
+        Model::Blocking => blocking::serve(listener, config, stop, counters, factory),
+        Model::Threaded => threaded::serve(listener, config, stop, counters, factory),
+        Model::Pool => pool::serve(listener, config, stop, counters, factory),
+        Model::BusyPoll => busy_poll::serve(listener, config, stop, counters, factory),
         Model::Select | Model::Poll | Model::Epoll => {
             let backend = model.backend().expect("readiness model");
-            readiness::serve(backend, listener, config, stop, counters)
+            readiness::serve(backend, listener, config, stop, counters, factory)
         }
-        Model::Coroutine => coroutine::serve(listener, config, stop, counters),
+        Model::Coroutine => coroutine::serve(listener, config, stop, counters, factory),
         #[cfg(all(target_os = "linux", feature = "uring"))]
-        Model::Uring => uring::serve(listener, config, stop, counters),
+        Model::Uring => uring::serve(listener, config, stop, counters, factory),
         #[cfg(not(all(target_os = "linux", feature = "uring")))]
         Model::Uring => {
-            drop((listener, stop, counters));
+            drop((listener, stop, counters, factory));
             Err(crate::uring::Unavailable::NotBuilt.into())
         }
     }
@@ -124,11 +127,17 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port), once per loop of
-    /// [`Config::threads`], and serves it with `model` on new threads.
+    /// [`Config::threads`], and serves it with `model` on new threads, one
+    /// handler from `factory` per connection.
     ///
     /// # Errors
     /// The bind error, or `config.validate_for(model)`'s.
-    pub fn spawn(model: Model, addr: SocketAddr, config: Config) -> io::Result<Server> {
+    pub fn spawn<F: Factory>(
+        model: Model,
+        addr: SocketAddr,
+        config: Config,
+        factory: F,
+    ) -> io::Result<Server> {
         config.validate_for(model)?;
         let listeners = bind_loops(addr, config.threads)?;
         let addr = listeners[0].local_addr()?;
@@ -138,7 +147,7 @@ impl Server {
             let (stop, counters) = (stop.clone(), counters.clone());
             std::thread::Builder::new()
                 .name(format!("iomux-{model}"))
-                .spawn(move || serve_loops(model, listeners, &config, &stop, &counters))?
+                .spawn(move || serve_loops(model, listeners, &config, &stop, &counters, factory))?
         };
         Ok(Server {
             model,
