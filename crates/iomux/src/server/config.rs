@@ -32,7 +32,7 @@ pub struct Config {
     /// the loop itself (a second signal closes everything at once). For a
     /// process that runs one server: signals belong to the whole process.
     /// With several [`threads`](Config::threads), the calling thread of
-    /// [`serve_loops`] catches them for every loop: the first drains them
+    /// [`serve_loops`](super::serve_loops) catches them for every loop: the first drains them
     /// all, a second one has the signal's previous disposition (by default
     /// it ends the process at once).
     pub catch_signals: bool,
@@ -40,8 +40,8 @@ pub struct Config {
     pub on_fd_exhaustion: FdExhaustion,
     /// Loops, each on its own thread with its own listener, for the models
     /// that [support it](Model::supports_threads) (at least 1). A
-    /// connection stays on the loop that accepted it. [`serve`] runs one;
-    /// [`serve_loops`] and [`Server::spawn`] run them all.
+    /// connection stays on the loop that accepted it. [`serve`](super::serve) runs one;
+    /// [`serve_loops`](super::serve_loops) and [`Server::spawn`](super::Server::spawn) run them all.
     pub threads: usize,
     /// [`Model::Uring`] only: each wait for completions lasts this long
     /// (unless 1,024 completions are in first; at most 10 ms) before the

@@ -100,7 +100,7 @@ impl Model {
     }
 
     /// Whether the model can serve with several loops, one per thread,
-    /// each with its own listener ([`Config::threads`]): epoll, coroutine
+    /// each with its own listener ([`Config::threads`](super::Config::threads)): epoll, coroutine
     /// and uring. The others run one loop, or are already a thread per
     /// connection or per worker.
     pub fn supports_threads(self) -> bool {
