@@ -1,5 +1,6 @@
 //! What a server counts: defined once, read by the tests, the control
-//! channel and the bench.
+//! channel and the bench. A leaf module: the connection core and the
+//! drivers count into it; [`crate::server`] re-exports it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
