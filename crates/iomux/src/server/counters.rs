@@ -4,45 +4,102 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// What one loop of a server has done (the whole server, for the models
-/// that run one loop): the figures the bench and the tests read, through
-/// [`ServerCounters`]. Shared between the driver's threads, so every field
-/// is atomic.
-#[derive(Debug, Default)]
-pub struct Counters {
+/// Defines [`Counters`] and [`Snapshot`] from one list of fields, with the
+/// way two loops' values combine (`sum`, or `max` for a peak), so that every
+/// reader (the tests, the control line, the bench's JSON and table) takes
+/// the names from here: a misspelt counter does not compile.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident: $merge:ident,)*) => {
+        /// What one loop of a server has done (the whole server, for the
+        /// models that run one loop): the figures the bench and the tests
+        /// read, through [`ServerCounters`]. Shared between the driver's
+        /// threads, so every field is atomic.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`Counters`] at one moment.
+        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Snapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// A plain copy of every counter.
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+
+        impl Snapshot {
+            /// Every counter's name, in order: the names of the control
+            /// line and the bench's JSON.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// Every counter as `(name, value)`, in the order of
+            /// [`NAMES`](Self::NAMES).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+
+            /// A snapshot from named values (as [`fields`](Self::fields)
+            /// gives them); a name that is missing reads 0.
+            pub fn from_fields(mut get: impl FnMut(&str) -> Option<u64>) -> Snapshot {
+                Snapshot {
+                    $($name: get(stringify!($name)).unwrap_or(0),)*
+                }
+            }
+
+            /// Two loops' figures as one server's: counts added, peaks the
+            /// larger one.
+            pub fn merge(self, other: Snapshot) -> Snapshot {
+                Snapshot {
+                    $($name: counters!(@merge $merge self.$name, other.$name),)*
+                }
+            }
+        }
+    };
+    (@merge sum $a:expr, $b:expr) => { $a + $b };
+    (@merge max $a:expr, $b:expr) => { $a.max($b) };
+}
+
+counters! {
     /// Connections accepted (refused ones included).
-    pub accepted: AtomicU64,
+    accepted: sum,
     /// Accepted connections closed at once: over `max_conns`, or an fd
     /// select() cannot watch.
-    pub refused: AtomicU64,
+    refused: sum,
     /// Served connections that have closed.
-    pub closed: AtomicU64,
+    closed: sum,
     /// Connections closed by a reset or broken pipe.
-    pub resets: AtomicU64,
+    resets: sum,
     /// Failed accept calls (`EMFILE` and the like), `WouldBlock` excluded.
-    pub accept_errors: AtomicU64,
+    accept_errors: sum,
     /// Bytes received.
-    pub bytes_in: AtomicU64,
+    bytes_in: sum,
     /// Bytes sent.
-    pub bytes_out: AtomicU64,
+    bytes_out: sum,
     /// `recv`/`read` calls, `WouldBlock` ones included.
-    pub recv_calls: AtomicU64,
+    recv_calls: sum,
     /// `send`/`write` calls, `WouldBlock` ones included.
-    pub send_calls: AtomicU64,
+    send_calls: sum,
     /// Selector waits (readiness models only).
-    pub wait_calls: AtomicU64,
+    wait_calls: sum,
     /// Calls that changed the selector's kernel interest set (`epoll_ctl`).
-    pub ctl_calls: AtomicU64,
+    ctl_calls: sum,
     /// Output bytes pending now, over all connections.
-    pub pending_output: AtomicU64,
+    pending_output: sum,
     /// The most output bytes any one connection ever had pending.
-    pub peak_conn_output: AtomicU64,
+    peak_conn_output: max,
     /// Connections closed by the idle timeout.
-    pub idle_closed: AtomicU64,
+    idle_closed: sum,
     /// Handler calls run on the offload pool.
-    pub offloaded: AtomicU64,
+    offloaded: sum,
     /// Callbacks that held the event loop past its stall threshold.
-    pub stalls: AtomicU64,
+    stalls: sum,
 }
 
 impl Counters {
@@ -64,29 +121,6 @@ impl Counters {
     pub fn active(&self) -> u64 {
         let s = self.snapshot();
         s.accepted - s.refused - s.closed
-    }
-
-    /// A plain copy of every counter.
-    pub fn snapshot(&self) -> Snapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Snapshot {
-            accepted: g(&self.accepted),
-            refused: g(&self.refused),
-            closed: g(&self.closed),
-            resets: g(&self.resets),
-            accept_errors: g(&self.accept_errors),
-            bytes_in: g(&self.bytes_in),
-            bytes_out: g(&self.bytes_out),
-            recv_calls: g(&self.recv_calls),
-            send_calls: g(&self.send_calls),
-            wait_calls: g(&self.wait_calls),
-            ctl_calls: g(&self.ctl_calls),
-            pending_output: g(&self.pending_output),
-            peak_conn_output: g(&self.peak_conn_output),
-            idle_closed: g(&self.idle_closed),
-            offloaded: g(&self.offloaded),
-            stalls: g(&self.stalls),
-        }
     }
 }
 
@@ -127,52 +161,5 @@ impl ServerCounters {
     /// Connections being served now, by every loop.
     pub fn active(&self) -> u64 {
         self.loops.iter().map(|c| c.active()).sum()
-    }
-}
-
-/// A copy of [`Counters`] at one moment.
-#[allow(missing_docs)]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    pub accepted: u64,
-    pub refused: u64,
-    pub closed: u64,
-    pub resets: u64,
-    pub accept_errors: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub recv_calls: u64,
-    pub send_calls: u64,
-    pub wait_calls: u64,
-    pub ctl_calls: u64,
-    pub pending_output: u64,
-    pub peak_conn_output: u64,
-    pub idle_closed: u64,
-    pub offloaded: u64,
-    pub stalls: u64,
-}
-
-impl Snapshot {
-    /// Two loops' figures as one server's: every count added, and
-    /// `peak_conn_output`, a maximum over connections, the larger one.
-    pub fn merge(self, other: Snapshot) -> Snapshot {
-        Snapshot {
-            accepted: self.accepted + other.accepted,
-            refused: self.refused + other.refused,
-            closed: self.closed + other.closed,
-            resets: self.resets + other.resets,
-            accept_errors: self.accept_errors + other.accept_errors,
-            bytes_in: self.bytes_in + other.bytes_in,
-            bytes_out: self.bytes_out + other.bytes_out,
-            recv_calls: self.recv_calls + other.recv_calls,
-            send_calls: self.send_calls + other.send_calls,
-            wait_calls: self.wait_calls + other.wait_calls,
-            ctl_calls: self.ctl_calls + other.ctl_calls,
-            pending_output: self.pending_output + other.pending_output,
-            peak_conn_output: self.peak_conn_output.max(other.peak_conn_output),
-            idle_closed: self.idle_closed + other.idle_closed,
-            offloaded: self.offloaded + other.offloaded,
-            stalls: self.stalls + other.stalls,
-        }
     }
 }

@@ -64,7 +64,7 @@ pub use accept::{FdExhaustion, ACCEPT_BACKOFF};
 pub use config::Config;
 pub use counters::{Counters, ServerCounters, Snapshot};
 pub use loops::{bind_loops, serve_loops};
-pub use model::Model;
+pub use model::{Capabilities, Model, Setting};
 pub use stop::Stop;
 
 /// Serves `listener` with `model` on the calling thread until `stop` is
@@ -92,6 +92,12 @@ pub fn serve<F: Factory>(
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "serve runs one loop; for threads above 1, bind with bind_loops and call serve_loops",
+        ));
+    }
+    if config.catch_signals && model.backend().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("catch_signals: the {model} loop does not watch signals itself; serve it with serve_loops or Server::spawn, which watch them on the calling thread"),
         ));
     }
     match model {
