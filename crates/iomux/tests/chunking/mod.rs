@@ -326,7 +326,7 @@ pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
                         armed = !cancelling && pick(choices, 1, 0) == 1;
                         if fed == case.input.len() {
                             fed += 1;
-                            core.eof(&mut scratch, &counters, &mut nosend).unwrap();
+                            core.eof(&mut scratch, &counters, nosend).unwrap();
                         } else {
                             let most = case.max_chunk.min(case.input.len() - fed);
                             let n = 1 + pick(choices, most - 1, most - 1);
@@ -337,7 +337,7 @@ pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
                                 case.max_output,
                                 &mut scratch,
                                 &counters,
-                                &mut nosend,
+                                nosend,
                             )
                             .unwrap();
                             if core.parked() > 0 {
