@@ -55,72 +55,96 @@ pub(super) fn arm(r: &mut Reactor<Executor>, state: Rc<TimerState>) {
 /// A timer registered with the current runtime, or why there is none.
 type Registered = Result<Rc<TimerState>, Option<io::Error>>;
 
-fn register(deadline: Instant, period: Option<Duration>) -> Registered {
-    let shared = current().map_err(Some)?;
-    let state = Rc::new(TimerState {
-        deadline,
-        period,
-        fired: Cell::new(0),
-        waker: RefCell::new(None),
-        id: Cell::new(None),
-        dropped: Cell::new(false),
-    });
-    shared.pending.borrow_mut().timers.push(state.clone());
-    Ok(state)
+/// A timer of the current runtime's reactor, registered when first polled
+/// (so that a `sleep` made before `block_on` works) and disarmed when
+/// dropped first.
+struct Timer {
+    deadline: Instant,
+    period: Option<Duration>,
+    reg: Option<Registered>,
 }
 
-/// Disarms the timer of a future dropped before it is done with it.
-fn unregister(reg: &Registered) {
-    let Ok(state) = reg else { return };
-    state.dropped.set(true);
-    let Some(id) = state.id.get() else {
-        return; // not armed yet: the executor skips it
-    };
-    if state.period.is_none() && state.fired.get() > 0 {
-        return; // a one-shot that fired is off the heap already
+impl Timer {
+    fn new(deadline: Instant, period: Option<Duration>) -> Timer {
+        Timer {
+            deadline,
+            period,
+            reg: None,
+        }
     }
-    if let Ok(shared) = current() {
-        shared.pending.borrow_mut().cancel_timers.push(id);
-    }
-}
 
-/// Ready once the timer fired more than `seen` times.
-fn poll_fired(reg: &mut Registered, seen: u64, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-    match reg {
-        Err(e) => Poll::Ready(Err(e.take().unwrap_or_else(|| {
-            io::Error::other("a timer future polled after it returned its error")
-        }))),
-        Ok(state) => {
-            let fired = state.fired.get();
-            if fired > seen {
-                Poll::Ready(Ok(fired))
-            } else {
-                *state.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
+    fn register(&self) -> Registered {
+        let shared = current().map_err(Some)?;
+        let state = Rc::new(TimerState {
+            deadline: self.deadline,
+            period: self.period,
+            fired: Cell::new(0),
+            waker: RefCell::new(None),
+            id: Cell::new(None),
+            dropped: Cell::new(false),
+        });
+        shared.pending.borrow_mut().timers.push(state.clone());
+        Ok(state)
+    }
+
+    /// Ready once the timer fired more than `seen` times (with the count).
+    fn poll_fired(&mut self, seen: u64, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        if self.reg.is_none() {
+            self.reg = Some(self.register());
+        }
+        match self.reg.as_mut().expect("registered above") {
+            Err(e) => Poll::Ready(Err(e.take().unwrap_or_else(|| {
+                io::Error::other("a timer future polled after it returned its error")
+            }))),
+            Ok(state) => {
+                let fired = state.fired.get();
+                if fired > seen {
+                    Poll::Ready(Ok(fired))
+                } else {
+                    *state.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
             }
+        }
+    }
+}
+
+impl Drop for Timer {
+    /// Disarms the timer of a future dropped before it is done with it.
+    fn drop(&mut self) {
+        let Some(Ok(state)) = &self.reg else { return };
+        state.dropped.set(true);
+        let Some(id) = state.id.get() else {
+            return; // not armed yet: the executor skips it
+        };
+        if state.period.is_none() && state.fired.get() > 0 {
+            return; // a one-shot that fired is off the heap already
+        }
+        if let Ok(shared) = current() {
+            shared.pending.borrow_mut().cancel_timers.push(id);
         }
     }
 }
 
 /// The future of [`sleep`] and [`sleep_until`].
 pub struct Sleep {
-    reg: Registered,
+    timer: Timer,
 }
 
 impl fmt::Debug for Sleep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let deadline = self.reg.as_ref().ok().map(|s| s.deadline);
         f.debug_struct("Sleep")
-            .field("deadline", &deadline)
+            .field("deadline", &self.timer.deadline)
             .finish()
     }
 }
 
 /// Completes `d` from now (rounded up to the loop's millisecond), on a
-/// reactor timer. The time is taken when `sleep` is called.
+/// reactor timer. The time is taken when `sleep` is called; the timer is
+/// armed when the future is first polled, on the runtime that polls it.
 ///
 /// # Errors
-/// The future's output is an error if it was made outside a runtime.
+/// The future's output is an error if it is polled outside a runtime.
 ///
 /// # Examples
 ///
@@ -142,10 +166,10 @@ pub fn sleep(d: Duration) -> Sleep {
 /// Completes at `deadline` (at once if it has passed), on a reactor timer.
 ///
 /// # Errors
-/// The future's output is an error if it was made outside a runtime.
+/// The future's output is an error if it is polled outside a runtime.
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
-        reg: register(deadline, None),
+        timer: Timer::new(deadline, None),
     }
 }
 
@@ -153,13 +177,7 @@ impl Future for Sleep {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_fired(&mut self.reg, 0, cx).map(|r| r.map(drop))
-    }
-}
-
-impl Drop for Sleep {
-    fn drop(&mut self) {
-        unregister(&self.reg);
+        self.timer.poll_fired(0, cx).map(|r| r.map(drop))
     }
 }
 
@@ -207,21 +225,21 @@ pub async fn timeout<F: Future>(d: Duration, fut: F) -> io::Result<F::Output> {
 
 /// A repeating reactor timer, from [`interval`].
 pub struct Interval {
-    reg: Registered,
+    timer: Timer,
     seen: u64,
 }
 
 impl fmt::Debug for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let period = self.reg.as_ref().ok().and_then(|s| s.period);
         f.debug_struct("Interval")
-            .field("period", &period)
+            .field("period", &self.timer.period)
             .field("ticks", &self.seen)
             .finish()
     }
 }
 
-/// Ticks every `period`, the first one `period` from the end of this turn.
+/// Ticks every `period`, the first one `period` after the turn that first
+/// polls it.
 /// Ticks not awaited in time coalesce into one, and a loop that falls
 /// behind skips periods rather than bursting (the reactor's repeating
 /// timers): a tick means "at least one period passed".
@@ -246,7 +264,7 @@ impl fmt::Debug for Interval {
 /// ```
 pub fn interval(period: Duration) -> Interval {
     Interval {
-        reg: register(Instant::now() + period, Some(period)),
+        timer: Timer::new(Instant::now() + period, Some(period)),
         seen: 0,
     }
 }
@@ -255,7 +273,7 @@ impl Interval {
     /// Completes at the next tick.
     ///
     /// # Errors
-    /// Outside a runtime (where the interval was made).
+    /// Outside a runtime.
     pub async fn tick(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_tick(cx)).await
     }
@@ -265,17 +283,11 @@ impl Interval {
     /// # Errors
     /// As `tick`.
     pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_fired(&mut self.reg, self.seen, cx).map(|r| {
+        self.timer.poll_fired(self.seen, cx).map(|r| {
             r.map(|fired| {
                 self.seen = fired;
             })
         })
-    }
-}
-
-impl Drop for Interval {
-    fn drop(&mut self) {
-        unregister(&self.reg);
     }
 }
 
