@@ -16,6 +16,29 @@
 //!   directions a task waits on, so a writable socket nobody writes to
 //!   cannot make the loop spin.
 //!
+//! Every task waiting on a direction of an `Async` is woken by its next
+//! event: each direction keeps a list of waiters (a task once, however
+//! often it polls), so two readers of one socket, or several writers
+//! waiting for room in it, all run again. A waker called on another thread
+//! queues its task and wakes the loop through the selector's waker.
+//!
+//! What tasks have:
+//! * [`spawn`] returns a [`JoinHandle`]: await the task's output, or
+//!   [`abort`](JoinHandle::abort) it; dropping the handle detaches it.
+//! * [`Runtime::block_on`] returns when its future completes, or when the
+//!   loop is stopped ([`Reactor::stop`] from a callback, [`Handle::stop`]
+//!   from another thread): an `Interrupted` error then ([`is_stopped`]).
+//! * [`sleep`], [`sleep_until`], [`timeout`] and [`interval`]: timers of
+//!   the reactor's own heap, disarmed when their future is dropped.
+//! * [`offload`]: a closure on the reactor's offload pool, its result
+//!   awaited ([`Options::offload_threads`] threads).
+//! * [`signal`]: a signal's deliveries, through the reactor's self-pipe.
+//! * With the `futures` feature, `futures-io`'s `AsyncRead`/`AsyncWrite`
+//!   for `Async<TcpStream>` and `Async<UnixStream>` (and their `&`), and
+//!   `futures-core`'s `Stream` for [`Interval`] and [`Signals`], so that
+//!   `futures-util` (`BufReader`, `copy`, `split`) and `futures-channel`
+//!   work on this executor.
+//!
 //! # Examples
 //!
 //! ```no_run
