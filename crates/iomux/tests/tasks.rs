@@ -565,3 +565,29 @@ fn intervals_are_streams() {
     assert_eq!(ticks.len(), 3);
     assert!(ticks.iter().all(Result::is_ok));
 }
+
+/// The same traits on a Unix socket pair, both ends on the loop.
+#[test]
+fn futures_io_works_on_unix_streams() {
+    use futures_util::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut rt = runtime(Backend::recommended());
+    let got = rt
+        .block_on(async {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (a, mut b) = (Async::new(a).unwrap(), Async::new(b).unwrap());
+            let writer = task::spawn(async move {
+                let mut a = a;
+                AsyncWriteExt::write_all(&mut a, b"over a unix socket")
+                    .await
+                    .unwrap();
+                a.close().await.unwrap(); // shuts down the write side: EOF
+            });
+            let mut got = Vec::new();
+            AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
+            writer.await.unwrap();
+            got
+        })
+        .unwrap();
+    assert_eq!(got, b"over a unix socket");
+}
