@@ -203,7 +203,7 @@ fn block_on_returns_when_another_thread_stops_the_loop() {
 fn a_join_handle_gives_the_output_aborts_or_detaches() {
     let mut rt = runtime(Backend::recommended());
     let aborted = Rc::new(Cell::new(false));
-    let detached_ran = Rc::new(Cell::new(false));
+    let detached_ran = Rc::new(Cell::new(0));
     let never = forever(&aborted);
     let ran = detached_ran.clone();
     let (output, cancelled, finished) = rt
@@ -219,11 +219,17 @@ fn a_join_handle_gives_the_output_aborts_or_detaches() {
             stuck.abort();
             let finished = stuck.is_finished();
             let cancelled = stuck.await;
-            // Dropped at once: the task runs on, detached.
+            // Dropped at once: the task runs on, detached; and the same
+            // without a handle at all.
+            let ran2 = ran.clone();
             drop(task::spawn(async move {
                 task::yield_now().await;
-                ran.set(true);
+                ran.set(ran.get() + 1);
             }));
+            task::spawn_detached(async move {
+                task::yield_now().await;
+                ran2.set(ran2.get() + 1);
+            });
             (output, cancelled, finished)
         })
         .unwrap();
@@ -238,7 +244,7 @@ fn a_join_handle_gives_the_output_aborts_or_detaches() {
         }
     })
     .unwrap();
-    assert!(detached_ran.get(), "a detached task runs on");
+    assert_eq!(detached_ran.get(), 2, "detached tasks run on");
     assert_eq!(rt.tasks(), 0);
 }
 

@@ -25,6 +25,7 @@
 //! What tasks have:
 //! * [`spawn`] returns a [`JoinHandle`]: await the task's output, or
 //!   [`abort`](JoinHandle::abort) it; dropping the handle detaches it.
+//!   [`spawn_detached`] skips the handle and its cost.
 //! * [`Runtime::block_on`] returns when its future completes, or when the
 //!   loop is stopped ([`Reactor::stop`] from a callback, [`Handle::stop`]
 //!   from another thread): an `Interrupted` error then ([`is_stopped`]).
@@ -101,27 +102,43 @@ const WRITE: u8 = 2;
 
 /// The tasks waiting for one direction of one fd. Every one of them is
 /// woken by the next event: a task's waker is kept once however often it
-/// polls, and a waiter that went away costs one spurious wake at most.
+/// polls, and a waiter that went away costs one spurious wake at most. The
+/// first waiter has a slot of its own, so the usual single waiter costs no
+/// allocation.
 #[derive(Default)]
-struct Waiters(RefCell<Vec<Waker>>);
+struct Waiters(RefCell<(Option<Waker>, Vec<Waker>)>);
 
 impl Waiters {
     fn add(&self, waker: &Waker) {
         let mut list = self.0.borrow_mut();
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
+        let (first, more) = &mut *list;
+        match first {
+            // `more` is empty while `first` is: nothing else to compare.
+            None => *first = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => {}
+            Some(_) => {
+                if !more.iter().any(|w| w.will_wake(waker)) {
+                    more.push(waker.clone());
+                }
+            }
         }
     }
 
     fn wake_all(&self) {
         // Taken out first: a waker may run code that waits here again.
-        let mut list = std::mem::take(&mut *self.0.borrow_mut());
-        for w in list.drain(..) {
+        let (first, mut more) = {
+            let mut list = self.0.borrow_mut();
+            (list.0.take(), std::mem::take(&mut list.1))
+        };
+        if let Some(w) = first {
             w.wake();
         }
-        let mut slot = self.0.borrow_mut();
-        if slot.is_empty() {
-            *slot = list; // keep the allocation
+        for w in more.drain(..) {
+            w.wake();
+        }
+        let mut list = self.0.borrow_mut();
+        if list.1.is_empty() {
+            list.1 = more; // keep the allocation
         }
     }
 }
@@ -622,6 +639,17 @@ pub fn spawn<F: Future + 'static>(task: F) -> JoinHandle<F::Output> {
     let (task, handle) = join::wrap(task);
     shared.pending.borrow_mut().spawn.push(task);
     handle
+}
+
+/// Starts a task whose output and end no one awaits: the cost of the
+/// future alone (one allocation), where [`spawn`] adds a shared join state
+/// (about 130 bytes). For servers' connection tasks.
+///
+/// # Panics
+/// Outside a [`Runtime`] (there is nothing to run the task).
+pub fn spawn_detached(task: impl Future<Output = ()> + 'static) {
+    let shared = current().expect("spawn_detached needs a running Runtime on this thread");
+    shared.pending.borrow_mut().spawn.push(Box::pin(task));
 }
 
 /// Yields once: the task runs again after the others woken this turn.
