@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -234,7 +234,7 @@ impl Chatter {
 
 #[test]
 fn task_chat_relays_each_line_to_the_others_and_announces_joins_and_leaves() {
-    let server = Served::start("task_chat");
+    let server = Served::start("task_chat", &["127.0.0.1:0"]);
     let mut a = Chatter::join(&server);
     let mut b = Chatter::join(&server);
     assert_eq!(a.line(), format!("* {} joined\n", b.id));
@@ -295,7 +295,7 @@ fn task_chat_disconnects_a_client_that_never_reads_and_stays_bounded() {
     /// kernel's buffers, so the listener is never the one cut.
     const WINDOW: usize = 64;
 
-    let server = Served::start("task_chat");
+    let server = Served::start("task_chat", &["127.0.0.1:0"]);
     let a = Chatter::join(&server);
     let mut b = Chatter::join(&server);
     let silent = Chatter::join_on(connect_with_small_window(server.addr));
