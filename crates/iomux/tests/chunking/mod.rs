@@ -319,27 +319,21 @@ pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
                     .nth(pick_i)
                     .map(|(i, _)| i)
                     .unwrap();
-                let mut nosend = |_: &[u8]| Ok(0);
+                let nosend = |_: &[u8]| Ok(0);
                 match which {
                     0 => {
                         // Single-shot, or the last delivery before the cancel.
                         armed = !cancelling && pick(choices, 1, 0) == 1;
                         if fed == case.input.len() {
                             fed += 1;
-                            core.eof(&mut scratch, &counters, &mut nosend).unwrap();
+                            core.eof(&mut scratch, &counters, nosend).unwrap();
                         } else {
                             let most = case.max_chunk.min(case.input.len() - fed);
                             let n = 1 + pick(choices, most - 1, most - 1);
                             let chunk = &case.input[fed..fed + n];
                             fed += n;
-                            core.input(
-                                chunk,
-                                case.max_output,
-                                &mut scratch,
-                                &counters,
-                                &mut nosend,
-                            )
-                            .unwrap();
+                            core.input(chunk, case.max_output, &mut scratch, &counters, nosend)
+                                .unwrap();
                             if core.parked() > 0 {
                                 seen.paused += 1;
                             }
@@ -362,7 +356,7 @@ pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
                             case.max_chunk,
                             &mut scratch,
                             &counters,
-                            &mut nosend,
+                            nosend,
                         )
                         .unwrap();
                     }
