@@ -232,8 +232,8 @@ const CAPABILITIES: [Capabilities; 9] = [
     caps(true,      false,  true,  true,  true,   true,  false), // select
     caps(true,      false,  true,  true,  true,   true,  false), // poll
     caps(true,      true,   true,  true,  true,   true,  false), // epoll
-    caps(true,      true,   false, false, false,  false, false), // coroutine
-    caps(true,      true,   false, false, false,  true,  true),  // uring
+    caps(true,      true,   false, true,  true,   false, false), // coroutine
+    caps(true,      true,   false, true,  false,  true,  true),  // uring
 ];
 
 /// A setting of [`Config`](super::Config) that only some models support.
