@@ -42,8 +42,10 @@
 //! the end of the turn. Stopping is an event like any other, so the loop
 //! never wakes up to check a flag.
 //!
-//! Stopping drains: the listener closes (no new connections), no
-//! connection is read again, output already produced is sent, and each
+//! Stopping drains: the listener closes (no new connections), each
+//! connection's input already received is read once more and answered
+//! (not with [`Config::offload_threads`]), then none is read again; output
+//! produced is sent, and each
 //! connection closes once flushed, or when [`Config::drain_timeout`]
 //! passes. With [`Config::offload_threads`], the handler runs on the
 //! reactor's offload pool: a connection with a job in flight is not read
@@ -686,8 +688,9 @@ impl Server {
         }
     }
 
-    /// Stop accepting and reading; close each connection once its output
-    /// is sent, all of them at the drain deadline.
+    /// Stop accepting; answer the input already received, then stop
+    /// reading; close each connection once its output is sent, all of them
+    /// at the drain deadline.
     fn begin_drain(&mut self, r: &mut Reactor<Server>) {
         if self.draining {
             return;
@@ -704,10 +707,23 @@ impl Server {
             s.close_all(r);
             r.stop();
         });
+        let max_output = self.config.max_output;
+        let offload = self.config.offload_threads > 0;
         for key in 0..self.conns.capacity() {
-            if self.conns.get_mut(key).is_some() {
-                self.settle(r, key, Ok(()));
-            }
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            // Input that arrived before the drain began is answered (a
+            // request the peer sent is not dropped); nothing read later.
+            slot.maybe_readable = true;
+            let (scratch, out, counters) =
+                (&mut self.scratch, &mut self.scratch_out, &*self.counters);
+            let res = if offload {
+                Ok(())
+            } else {
+                slot.read_some(READS_PER_TURN, max_output, scratch, out, counters)
+            };
+            self.settle(r, key, res);
         }
         if self.conns.len() == 0 {
             r.stop();
