@@ -1,102 +1,24 @@
-//! Every program in `examples/`, run as a user runs it: each server as a
-//! child process on `127.0.0.1:0`, answering clients here; the two clients
-//! against a server.
-//!
-//! `cargo test` builds the examples before it runs any test, into
-//! `target/<profile>/examples/`, beside the `deps/` folder that holds this
-//! test's own binary: that is where they are found. (`cargo test --test
-//! examples` alone does not build them: run `cargo build --examples` first.)
-//! Each child is killed by its own PID once its test is done, or fails.
+//! Every program in `examples/`, run as a user runs it (see
+//! [`util::examples`]): each server as a child process on `127.0.0.1:0`,
+//! answering clients here; the two clients against a server. Each child is
+//! killed by its own PID once its test is done, or fails. The key-value
+//! server has its own file, `kv_server.rs`.
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
+use util::examples::{example, Served};
 use util::{set_linger_zero, Rng, GENEROUS};
 
 /// How long a client that sends before it reads waits for its sends to
 /// finish before it reads anyway (the server stopped reading it).
 const STUCK: Duration = Duration::from_millis(200);
-
-/// The path of a built example.
-fn example(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test runs from target/<profile>/deps");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: `cargo test` builds the examples; with `--test examples` alone, run `cargo build --examples` first",
-        path.display()
-    );
-    path
-}
-
-/// A server example running as a child process, killed on drop.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Served {
-    /// Starts `name` on `127.0.0.1:0` and reads the address it prints as the
-    /// last word of its first line.
-    fn start(name: &str) -> Served {
-        let mut child = Command::new(example(name))
-            .arg("127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut first = String::new();
-            let _ = stdout.read_line(&mut first);
-            let _ = tx.send(first);
-            // Keep reading, so that the server never blocks on a full pipe.
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        });
-        // Owned by the guard before anything can fail: a panic kills it.
-        let mut served = Served {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        let first = rx
-            .recv_timeout(GENEROUS)
-            .unwrap_or_else(|_| panic!("{name} printed no address"));
-        served.addr = first
-            .split_whitespace()
-            .last()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: no address in {first:?}"));
-        served
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connecting to the example");
-        stream.set_read_timeout(Some(GENEROUS)).unwrap();
-        stream.set_write_timeout(Some(GENEROUS)).unwrap();
-        stream
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A connection whose receive buffer is a few KiB: set before connecting,
 /// which also keeps the kernel from growing it.
@@ -123,7 +45,7 @@ fn round_trip(server: &Served) {
 
 /// Runs the checks every server must pass.
 fn check_server(name: &str, concurrent: bool) {
-    let server = Served::start(name);
+    let server = Served::start(name, &["127.0.0.1:0"]);
 
     // A connected client that says nothing must not hold up the others
     // (the blocking server serves one client at a time, by design).
@@ -243,7 +165,7 @@ fn run_client(name: &str, args: &[&str], input: &[u8]) -> Output {
 
 #[test]
 fn interactive_client_answers_each_line_until_the_input_ends() {
-    let server = Served::start("epoll_server");
+    let server = Served::start("epoll_server", &["127.0.0.1:0"]);
     let addr = server.addr.to_string();
     let out = run_client(
         "interactive_client",
@@ -260,7 +182,7 @@ fn interactive_client_answers_each_line_until_the_input_ends() {
 
 #[test]
 fn bulk_client_reports_its_rate() {
-    let server = Served::start("selectors_server");
+    let server = Served::start("selectors_server", &["127.0.0.1:0"]);
     let addr = server.addr.to_string();
     let out = run_client("bulk_client", &[&addr, "2000"], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -646,8 +646,9 @@ impl Probe for WindowProbe<'_> {
     }
 }
 
-fn delta(a: &Stats, b: &Stats, k: &str) -> f64 {
-    (b.get(k).copied().unwrap_or(0) as f64) - (a.get(k).copied().unwrap_or(0) as f64)
+/// How much `field` grew from `a` to `b`.
+fn delta(a: &Stats, b: &Stats, field: impl Fn(&Stats) -> u64) -> f64 {
+    field(b) as f64 - field(a) as f64
 }
 
 fn empty_row(
@@ -690,18 +691,10 @@ fn empty_row(
 /// Each loop's accepted connections, from a `stats` line, with more than
 /// one loop.
 fn loop_conns(stats: &Stats) -> Vec<u64> {
-    let loops = stats.get("loops").copied().unwrap_or(1);
-    if loops < 2 {
+    if stats.loop_accepted.len() < 2 {
         return Vec::new();
     }
-    (0..loops)
-        .map(|i| {
-            stats
-                .get(&format!("loop{i}_accepted"))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
+    stats.loop_accepted.clone()
 }
 
 /// What the server side gave over a measured window: its counters at both
@@ -768,7 +761,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         let side = ServerSide {
             cpu_s: counters
                 .as_ref()
-                .map(|(s0, s1)| delta(s0, s1, "cpu_us") / 1e6),
+                .map(|(s0, s1)| delta(s0, s1, |s| s.cpu_us) / 1e6),
             counters,
             peak_rss: Some(peak_rss),
             rss_per_conn: Some(rss_now.saturating_sub(rss_idle) as f64 / conns as f64),
@@ -799,16 +792,18 @@ fn load_row(
     let is_model = matches!(subject, Subject::Model(_));
     // io_uring's recv and send are submissions, not syscalls: its only
     // kernel entry is io_uring_enter, which it counts as a wait.
-    let counted: &[&str] = if subject == Subject::Model(Model::Uring) {
-        &["wait_calls", "ctl_calls"]
-    } else {
-        &["recv_calls", "send_calls", "wait_calls", "ctl_calls"]
-    };
-    let counter = |k: &str| side.counters.as_ref().map(|(s0, s1)| delta(s0, s1, k));
-    let syscalls = side
-        .counters
-        .as_ref()
-        .map(|(s0, s1)| counted.iter().map(|k| delta(s0, s1, k)).sum::<f64>());
+    let uring = subject == Subject::Model(Model::Uring);
+    let counter =
+        |f: &dyn Fn(&Stats) -> u64| side.counters.as_ref().map(|(s0, s1)| delta(s0, s1, f));
+    let syscalls = counter(&|s| {
+        let c = &s.counters;
+        let io = if uring {
+            0
+        } else {
+            c.recv_calls + c.send_calls
+        };
+        io + c.wait_calls + c.ctl_calls
+    });
     let h = &result.latency_ns;
     let mut status = side.failure;
     if result.errors > 0 {
@@ -832,9 +827,11 @@ fn load_row(
         p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
         cpu_s_per_mrt: side.cpu_s.and_then(|c| per_rt(c * 1e6)),
         server_cores: side.cpu_s.map(|c| c / secs),
-        waits_per_rt: counter("wait_calls").filter(|_| is_model).and_then(per_rt),
+        waits_per_rt: counter(&|s| s.counters.wait_calls)
+            .filter(|_| is_model)
+            .and_then(per_rt),
         syscalls_per_rt: syscalls.filter(|_| is_model).and_then(per_rt),
-        sleeps_per_rt: counter("vcsw").and_then(per_rt),
+        sleeps_per_rt: counter(&|s| s.vcsw).and_then(per_rt),
         peak_rss: side.peak_rss,
         rss_per_conn: side.rss_per_conn,
         errors: result.errors,
@@ -888,7 +885,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
         threads: target.threads,
         conns,
         status: None,
-        cpu_pct: delta(&c0, &c1, "cpu_us") / 1e6 / secs * 100.0,
+        cpu_pct: delta(&c0, &c1, |s| s.cpu_us) / 1e6 / secs * 100.0,
     })
 }
 
