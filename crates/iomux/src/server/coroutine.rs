@@ -127,7 +127,13 @@ async fn accept_loop<F: Factory>(
                         live: live.clone(),
                     };
                     let handler = factory.new_handler();
-                    task::spawn(connection(stream, handler, config, scratch.clone(), guard));
+                    task::spawn_detached(connection(
+                        stream,
+                        handler,
+                        config,
+                        scratch.clone(),
+                        guard,
+                    ));
                 }
                 Accepted::Again => {}
                 Accepted::Empty | Accepted::TurnedAway => {
