@@ -332,14 +332,8 @@ pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
                             let n = 1 + pick(choices, most - 1, most - 1);
                             let chunk = &case.input[fed..fed + n];
                             fed += n;
-                            core.input(
-                                chunk,
-                                case.max_output,
-                                &mut scratch,
-                                &counters,
-                                nosend,
-                            )
-                            .unwrap();
+                            core.input(chunk, case.max_output, &mut scratch, &counters, nosend)
+                                .unwrap();
                             if core.parked() > 0 {
                                 seen.paused += 1;
                             }
