@@ -41,22 +41,25 @@ impl Server {
         Server::start_limited(model, extra, None)
     }
 
-    /// Starts `iomux serve --model MODEL --control EXTRA...`, with
-    /// `RLIMIT_NOFILE` set to `nofile` if given.
+    /// Starts `iomux serve --model MODEL --addr ADDR --control EXTRA...`:
+    /// on a given address, e.g. again on the port of one that stopped.
+    pub fn start_on(model: &str, addr: SocketAddr, extra: &[&str]) -> Server {
+        Server::start_with(model, &addr.to_string(), extra, None)
+    }
+
+    /// Starts `iomux serve --model MODEL --control EXTRA...` on
+    /// 127.0.0.1:0, with `RLIMIT_NOFILE` set to `nofile` if given.
     pub fn start_limited(model: &str, extra: &[&str], nofile: Option<u64>) -> Server {
+        Server::start_with(model, "127.0.0.1:0", extra, nofile)
+    }
+
+    fn start_with(model: &str, addr: &str, extra: &[&str], nofile: Option<u64>) -> Server {
         let mut cmd = Command::new(IOMUX);
-        cmd.args([
-            "serve",
-            "--model",
-            model,
-            "--addr",
-            "127.0.0.1:0",
-            "--control",
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(["serve", "--model", model, "--addr", addr, "--control"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         if let Some(n) = nofile {
             // SAFETY: the closure runs in the child between fork and exec
             // and calls only setrlimit, which is async-signal-safe, on a
