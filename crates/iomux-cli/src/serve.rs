@@ -283,6 +283,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     iomux::server::serve_loops(model, listeners, &config, &stop, &counters, protocol)
         .with_context(|| format!("model {model} failed"))?;
+    if args.control {
+        // The last word of the control channel: the counters once every
+        // connection has ended, for whoever drove this server.
+        println!("{}", crate::control::format_stats(&counters));
+    }
     if !args.control {
         let s = counters.snapshot();
         let per_loop = if args.threads > 1 {
