@@ -43,7 +43,9 @@ pub enum PushError {
 impl fmt::Display for PushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PushError::Full => f.write_str("the connection's output is full (its peer does not read fast enough)"),
+            PushError::Full => {
+                f.write_str("the connection's output is full (its peer does not read fast enough)")
+            }
             PushError::Closed => f.write_str("the connection has ended"),
         }
     }

@@ -331,8 +331,15 @@ async fn connection<H: Handler>(
         counters: counters.clone(),
         reason: CloseReason::ServerStop,
     };
-    c.reason = match serve_connection(&mut c.conn, &config, &scratch, &counters, &guard, push.as_ref())
-        .await
+    c.reason = match serve_connection(
+        &mut c.conn,
+        &config,
+        &scratch,
+        &counters,
+        &guard,
+        push.as_ref(),
+    )
+    .await
     {
         Ok(reason) => reason,
         Err(e) => {

@@ -123,20 +123,19 @@ impl Model {
     pub fn capability_table() -> String {
         let yes = |b: bool| if b { "yes" } else { "-" };
         let mut t = String::from(
-            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` | push |\n|---|---|---|---|---|---|---|---|---|\n",
+            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` |\n|---|---|---|---|---|---|---|---|\n",
         );
         for m in Model::ALL {
             let c = m.capabilities();
             t += &format!(
-                "| `{m}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{m}` | {} | {} | {} | {} | {} | {} | {} |\n",
                 yes(c.concurrent),
                 yes(c.threads),
                 yes(c.idle_timeout),
                 yes(c.drain),
                 yes(c.offload),
                 yes(c.shed),
-                yes(c.uring_batch_wait),
-                yes(c.push)
+                yes(c.uring_batch_wait)
             );
         }
         t
@@ -200,10 +199,6 @@ pub struct Capabilities {
     pub shed: bool,
     /// [`Config::uring_batch_wait`](super::Config::uring_batch_wait).
     pub uring_batch_wait: bool,
-    /// Serves handlers that push output outside their replies
-    /// ([`Handler::PUSH`](crate::protocol::Handler::PUSH),
-    /// [`crate::push`]): its loop can be woken to send it.
-    pub push: bool,
 }
 
 const fn caps(
@@ -214,7 +209,6 @@ const fn caps(
     offload: bool,
     shed: bool,
     uring_batch_wait: bool,
-    push: bool,
 ) -> Capabilities {
     Capabilities {
         concurrent,
@@ -224,23 +218,22 @@ const fn caps(
         offload,
         shed,
         uring_batch_wait,
-        push,
     }
 }
 
 /// The table, in the order of [`Model::ALL`] (the enum's order).
 #[rustfmt::skip]
 const CAPABILITIES: [Capabilities; 9] = [
-    //   concurrent threads idle   drain  offload shed   batch  push
-    caps(false,     false,  false, false, false,  false, false, false), // blocking
-    caps(true,      false,  false, false, false,  false, false, false), // threaded
-    caps(true,      false,  false, false, false,  false, false, false), // pool
-    caps(true,      false,  false, false, false,  false, false, false), // busy-poll
-    caps(true,      false,  true,  true,  true,   true,  false, true),  // select
-    caps(true,      false,  true,  true,  true,   true,  false, true),  // poll
-    caps(true,      true,   true,  true,  true,   true,  false, true),  // epoll
-    caps(true,      true,   false, true,  true,   false, false, true),  // coroutine
-    caps(true,      true,   false, true,  false,  true,  true,  true),  // uring
+    //   concurrent threads idle   drain  offload shed   batch
+    caps(false,     false,  false, false, false,  false, false), // blocking
+    caps(true,      false,  false, false, false,  false, false), // threaded
+    caps(true,      false,  false, false, false,  false, false), // pool
+    caps(true,      false,  false, false, false,  false, false), // busy-poll
+    caps(true,      false,  true,  true,  true,   true,  false), // select
+    caps(true,      false,  true,  true,  true,   true,  false), // poll
+    caps(true,      true,   true,  true,  true,   true,  false), // epoll
+    caps(true,      true,   false, true,  true,   false, false), // coroutine
+    caps(true,      true,   false, true,  false,  true,  true),  // uring
 ];
 
 /// A setting of [`Config`](super::Config) that only some models support.
