@@ -19,11 +19,17 @@
 //! threads), read through its control channel at the window's edges, as do
 //! its counters (recv, send, wait and ctl calls). Memory comes from
 //! `/proc/PID/status`.
+//!
+//! Any other server can run beside them (`--server NAME=CMD`): it is
+//! started, pinned and loaded the same way; its CPU and memory are read
+//! from `/proc` for its whole process tree, and the counters only our
+//! servers keep are reported as `-` (null in JSON).
 
 pub mod load;
 mod plot;
+pub mod proctree;
 mod report;
-mod server;
+pub mod server;
 
 use std::io::IsTerminal;
 use std::net::TcpStream;
@@ -87,6 +93,16 @@ pub struct BenchArgs {
     /// same protocol, as the idiomatic Rust baseline.
     #[arg(long)]
     pub peers: bool,
+    /// Also run any server speaking --protocol, as NAME=CMD (repeatable):
+    /// CMD runs under `sh -c`, with `{addr}` or `{port}` replaced by a free
+    /// loopback address or port, e.g.
+    /// `--server socat='socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr EXEC:cat'`.
+    #[arg(long = "server", value_name = "NAME=CMD")]
+    pub servers: Vec<String>,
+    /// The protocol every server speaks, and replies are checked against:
+    /// upper or echo.
+    #[arg(long, default_value = "upper")]
+    pub protocol: Protocol,
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -115,6 +131,13 @@ pub enum Subject {
     Model(Model),
     /// The tokio current_thread peer.
     Tokio,
+    /// Any server, started as `sh -c CMD` (`--server NAME=CMD`).
+    Foreign {
+        /// Its name in reports.
+        name: &'static str,
+        /// Its command line, `{addr}` and `{port}` not yet replaced.
+        cmd: &'static str,
+    },
 }
 
 impl Subject {
@@ -123,8 +146,31 @@ impl Subject {
         match self {
             Subject::Model(m) => m.name(),
             Subject::Tokio => "tokio",
+            Subject::Foreign { name, .. } => name,
         }
     }
+}
+
+/// A `--server NAME=CMD` as a subject. Its two strings live as long as the
+/// process (a handful per run), so that subjects stay `Copy`.
+fn foreign_subject(spec: &str) -> Result<Subject> {
+    let (name, cmd) = spec
+        .split_once('=')
+        .map(|(n, c)| (n.trim(), c.trim()))
+        .filter(|(n, c)| !n.is_empty() && !c.is_empty())
+        .ok_or_else(|| {
+            anyhow!("--server {spec:?}: expected NAME=CMD, e.g. --server socat='socat TCP-LISTEN:{{port}},bind=127.0.0.1,fork,reuseaddr EXEC:cat'")
+        })?;
+    if !cmd.contains("{addr}") && !cmd.contains("{port}") {
+        bail!("--server {name}: CMD must listen where the bench says: put {{addr}} (127.0.0.1:PORT) or {{port}} in it");
+    }
+    if name == "tokio" || name.parse::<Model>().is_ok() {
+        bail!("--server {name}: that name is a model's or peer's; pick another");
+    }
+    Ok(Subject::Foreign {
+        name: Box::leak(name.to_string().into_boxed_str()),
+        cmd: Box::leak(cmd.to_string().into_boxed_str()),
+    })
 }
 
 /// A server the bench starts: a subject, with its loops.
@@ -195,6 +241,7 @@ pub struct Plan {
     /// CPUs this process could run on before pinning.
     cpus: usize,
     rounds: usize,
+    protocol: Protocol,
 }
 
 impl Plan {
@@ -266,6 +313,16 @@ impl BenchArgs {
         }
         if self.peers && !subjects.contains(&Subject::Tokio) {
             subjects.push(Subject::Tokio);
+        }
+        for spec in &self.servers {
+            let subject = foreign_subject(spec)?;
+            if subjects.iter().any(|s| s.name() == subject.name()) {
+                bail!("--server {}: named twice", subject.name());
+            }
+            subjects.push(subject);
+        }
+        if matches!(self.protocol, Protocol::SlowUpper(_)) {
+            bail!("--protocol slow-upper is a slow handler, not I/O: the bench takes upper or echo (`iomux lessons` measures the slow handler)");
         }
         // Each subject at each loop count it can run: the others at 1 only
         // (the tokio peer is current_thread).
@@ -347,6 +404,7 @@ impl BenchArgs {
             pin: cpus >= 2,
             cpus,
             rounds: if self.quick { 1 } else { self.rounds },
+            protocol: self.protocol,
         })
     }
 }
@@ -510,6 +568,25 @@ fn cannot_take(subject: Subject, conns: usize, workers: usize) -> Option<String>
     }
 }
 
+/// Starts `target` for one measurement: ours with its control channel, a
+/// foreign one through `sh`, each on the CPUs the plan gives it.
+fn start_server(target: Target, plan: &Plan) -> Result<ServerProc> {
+    match target.subject {
+        Subject::Foreign { name, cmd } => {
+            let (cpus, load) = if plan.pin {
+                (
+                    plan.server_cpus(target.threads),
+                    plan.load_cpus(target.threads),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            ServerProc::start_foreign(name, cmd, &cpus, &load)
+        }
+        _ => ServerProc::start(&server_args(target, plan)),
+    }
+}
+
 fn server_args(target: Target, plan: &Plan) -> Vec<String> {
     let mut args: Vec<String> = match target.subject {
         Subject::Model(m) => vec![
@@ -524,7 +601,9 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
             target.threads.to_string(),
         ],
         Subject::Tokio => vec!["peer-tokio".into()],
+        Subject::Foreign { .. } => unreachable!("foreign servers start through sh"),
     };
+    args.extend(["--protocol".into(), plan.protocol.name().into()]);
     if target.batch_wait_us > 0 {
         args.extend([
             "--uring-batch-wait".into(),
@@ -567,7 +646,13 @@ impl Probe for WindowProbe<'_> {
 }
 
 fn delta(a: &Stats, b: &Stats, k: &str) -> f64 {
-    (b.get(k).copied().unwrap_or(0) as f64) - (a.get(k).copied().unwrap_or(0) as f64)
+    delta_of(a, b, k).unwrap_or(0.0)
+}
+
+/// How much counter `k` grew, if the server keeps it (a foreign server
+/// keeps only `cpu_us` and `accepted`).
+fn delta_of(a: &Stats, b: &Stats, k: &str) -> Option<f64> {
+    Some(*b.get(k)? as f64 - *a.get(k)? as f64)
 }
 
 fn empty_row(
@@ -627,7 +712,7 @@ fn loop_conns(stats: &Stats) -> Vec<u64> {
 fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
     let subject = target.subject;
     let shape = if rate.is_some() { "paced" } else { "closed" };
-    let mut server = ServerProc::start(&server_args(target, plan))?;
+    let mut server = start_server(target, plan)?;
     let (rss_idle, _) = server.memory()?;
     let spec = LoadSpec {
         addr: server.addr,
@@ -637,7 +722,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         duration: plan.duration,
         warmup: plan.warmup,
         rate,
-        protocol: Protocol::Upper,
+        protocol: plan.protocol,
     };
     let mut probe = WindowProbe {
         server: &mut server,
@@ -700,7 +785,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
             None
         },
         syscalls_per_rt: if is_model { per_rt(syscalls) } else { None },
-        sleeps_per_rt: per_rt(delta(&s0, &s1, "vcsw")),
+        sleeps_per_rt: delta_of(&s0, &s1, "vcsw").and_then(per_rt),
         peak_rss,
         rss_per_conn: rss_now.saturating_sub(rss_idle) as f64 / conns as f64,
         errors: result.errors,
@@ -736,7 +821,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
             cpu_pct: 0.0,
         });
     }
-    let mut server = ServerProc::start(&server_args(target, plan))?;
+    let mut server = start_server(target, plan)?;
     let held = connect_idle(server.addr, conns)?;
     server.wait_accepted(conns as u64, Duration::from_secs(10))?;
     let c0 = server.stats()?;
@@ -772,7 +857,7 @@ fn run_memory(target: Target, plan: &Plan) -> Result<MemRow> {
     if subject == Subject::Model(Model::BusyPoll) {
         return Ok(row("skipped: polls every connection on every pass".into()));
     }
-    let mut server = ServerProc::start(&server_args(target, plan))?;
+    let mut server = start_server(target, plan)?;
     // One connection first, so first-use allocations are in the baseline.
     let warm = connect_idle(server.addr, 1)?;
     server.wait_accepted(1, Duration::from_secs(10))?;

@@ -1,24 +1,34 @@
-//! A server under test, run as a child process of this same binary.
+//! A server under test, run as a child process.
 //!
-//! The child is `iomux serve --model M --addr 127.0.0.1:0 --control
+//! Ours is `iomux serve --model M --addr 127.0.0.1:0 --control
 //! [--pin-cpu N]` (or `iomux peer-tokio ...` for the peer). It prints its bound
 //! address on its first stdout line, then answers each `stats` line on its
 //! stdin with one line of counters (see [`crate::control`]). Closing its stdin
 //! stops it. Memory comes from `/proc/PID/status`, as the kernel sees it.
+//!
+//! A foreign server (`bench --server NAME=CMD`) has no control channel: it
+//! runs as `sh -c CMD` in a process group of its own, and its CPU, memory
+//! and accepted connections are read from `/proc` over its whole process
+//! tree (see [`super::proctree`]); SIGTERM to the group stops it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::proctree;
+
 /// A running server child.
 pub struct ServerProc {
     child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Ours: its stdin and stdout (the control channel). Foreign: none.
+    control: Option<(Option<ChildStdin>, BufReader<ChildStdout>)>,
+    /// Foreign: the distinct sockets its tree held before any client.
+    base_sockets: usize,
     /// The address it bound.
     pub addr: SocketAddr,
 }
@@ -55,10 +65,67 @@ impl ServerProc {
             })?;
         Ok(ServerProc {
             child,
-            stdin,
-            stdout,
+            control: Some((stdin, stdout)),
+            base_sockets: 0,
             addr,
         })
+    }
+
+    /// Starts a foreign server: `sh -c CMD` with `{addr}` and `{port}`
+    /// replaced by a free loopback address, in a process group of its own,
+    /// on `cpus` (if any; this thread is on `load_cpus` again afterwards);
+    /// waits until it accepts a connection.
+    pub fn start_foreign(
+        name: &str,
+        cmd: &str,
+        cpus: &[usize],
+        load_cpus: &[usize],
+    ) -> Result<ServerProc> {
+        // A port the OS calls free now; the server binds it a moment later.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let line = cmd
+            .replace("{addr}", &addr.to_string())
+            .replace("{port}", &addr.port().to_string());
+        // The child inherits the affinity of the thread that starts it:
+        // pin this thread to the server's CPUs while starting it, then back.
+        if !cpus.is_empty() {
+            iomux::sys::pin_to_cpus(cpus).context("pinning the foreign server")?;
+        }
+        let spawned = Command::new("sh")
+            .args(["-c", &line])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn();
+        if !cpus.is_empty() {
+            iomux::sys::pin_to_cpus(load_cpus).context("pinning the load generator")?;
+        }
+        let child = spawned.with_context(|| format!("starting server {name}: sh -c {line:?}"))?;
+        let mut server = ServerProc {
+            child,
+            control: None,
+            base_sockets: 0,
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("server {name} ({line}) exited with {status} before accepting connections");
+            }
+            if let Ok(probe) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                drop(probe);
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("server {name} ({line}) did not accept connections on {addr} within 10 s; does CMD listen on {{addr}} or {{port}}?");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let it close the probe connection before counting its sockets.
+        std::thread::sleep(Duration::from_millis(50));
+        server.base_sockets = proctree::sockets(server.pid());
+        Ok(server)
     }
 
     /// The child's process id.
@@ -66,23 +133,39 @@ impl ServerProc {
         self.child.id()
     }
 
-    /// Asks the server for its counters.
+    /// Asks the server for its counters; a foreign one gets `cpu_us` (its
+    /// process tree's) and `accepted` (the sockets its tree holds beyond
+    /// those it started with).
     pub fn stats(&mut self) -> Result<Stats> {
-        let stdin = self
-            .stdin
+        let Some((stdin, stdout)) = self.control.as_mut() else {
+            let pid = self.pid();
+            let tree = proctree::usage(pid)?;
+            let accepted = proctree::sockets(pid).saturating_sub(self.base_sockets);
+            return Ok(Stats::from([
+                ("cpu_us".to_string(), tree.cpu_us),
+                ("accepted".to_string(), accepted as u64),
+            ]));
+        };
+        let stdin = stdin
             .as_mut()
             .ok_or_else(|| anyhow!("server already stopped"))?;
         stdin.write_all(b"stats\n")?;
         stdin.flush()?;
         let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
+        if stdout.read_line(&mut line)? == 0 {
             bail!("server exited before answering `stats`");
         }
         crate::control::parse_stats(&line)
     }
 
-    /// Resident and peak resident memory in bytes (VmRSS, VmHWM).
+    /// Resident and peak resident memory in bytes: ours, its VmRSS and
+    /// VmHWM; a foreign one, summed over its process tree (see
+    /// [`proctree::usage`]).
     pub fn memory(&self) -> Result<(u64, u64)> {
+        if self.control.is_none() {
+            let tree = proctree::usage(self.pid())?;
+            return Ok((tree.rss, tree.peak_rss));
+        }
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let field = |name: &str| -> Result<u64> {
             let line = status
@@ -112,10 +195,23 @@ impl ServerProc {
         }
     }
 
-    /// Stops the server (closes its stdin) and reaps it; kills it if it has
-    /// not exited within 5 s.
+    /// Stops the server (closes its stdin; a foreign one: SIGTERM to its
+    /// process group) and reaps it; kills it if it has not exited within
+    /// 5 s.
     pub fn stop(mut self) -> Result<()> {
-        self.stdin.take();
+        if let Some((stdin, _)) = self.control.as_mut() {
+            stdin.take();
+        } else {
+            proctree::signal_group(self.pid(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // What is left of the group (children of a forking server).
+            proctree::signal_group(self.pid(), libc::SIGKILL);
+            self.child.wait()?;
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -139,6 +235,9 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         // Only a server that was not stopped cleanly is still running here.
         if let Ok(None) = self.child.try_wait() {
+            if self.control.is_none() {
+                proctree::signal_group(self.pid(), libc::SIGKILL);
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -194,4 +194,49 @@ pub fn uring_batch_wait_available() -> bool {
             false
         }
     }
+}
+
+/// Runs `iomux bench ARGS --json FILE`, which must succeed; its report and
+/// output.
+pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!("iomux-bench-{}-{n}.json", std::process::id()));
+    let out = Command::new(IOMUX)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    (report, out)
+}
+
+/// The report's one-loop row of `model` under `shape`, which must have
+/// been measured: round trips and no errors.
+pub fn measured_row<'a>(
+    runs: &'a [serde_json::Value],
+    model: &str,
+    shape: &str,
+) -> &'a serde_json::Value {
+    let row = runs
+        .iter()
+        .find(|r| r["model"] == model && r["threads"] == 1 && r["shape"] == shape)
+        .unwrap_or_else(|| panic!("no {shape} row for {model}"));
+    assert!(
+        row["status"].is_null(),
+        "{model} {shape}: {}",
+        row["status"]
+    );
+    assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
+    assert_eq!(row["errors"], 0, "{model} {shape}");
+    row
 }
