@@ -709,6 +709,46 @@ fn loop_conns(stats: &Stats) -> Vec<u64> {
         .collect()
 }
 
+/// What one load run against a server saw: the load generator's figures
+/// and the server's counters at the window's edges.
+pub struct Window {
+    /// The load generator's figures.
+    pub result: load::LoadResult,
+    /// The server's counters at the start and end of the measured window.
+    pub edges: Option<(Stats, Stats)>,
+    /// Why the counters are missing, if they are.
+    pub failure: Option<String>,
+}
+
+impl Window {
+    /// How much counter `k` grew over the window, if the server keeps it.
+    pub fn delta(&self, k: &str) -> Option<f64> {
+        let (a, b) = self.edges.as_ref()?;
+        delta_of(a, b, k)
+    }
+}
+
+/// Runs `spec` against `server`, reading its counters at the edges of the
+/// measured window.
+pub fn measure_load(server: &mut ServerProc, spec: &LoadSpec) -> Result<Window> {
+    let mut probe = WindowProbe {
+        server,
+        start: None,
+        end: None,
+        failure: None,
+    };
+    let result = load::run(spec, &mut probe)?;
+    let edges = match (probe.start.take(), probe.end.take()) {
+        (Some((s0, _)), Some((s1, _))) => Some((s0, s1)),
+        _ => None,
+    };
+    Ok(Window {
+        result,
+        edges,
+        failure: probe.failure.take(),
+    })
+}
+
 fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
     let subject = target.subject;
     let shape = if rate.is_some() { "paced" } else { "closed" };
@@ -724,17 +764,11 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         rate,
         protocol: plan.protocol,
     };
-    let mut probe = WindowProbe {
-        server: &mut server,
-        start: None,
-        end: None,
-        failure: None,
-    };
-    let result = load::run(&spec, &mut probe)?;
-    let (start, end, failure) = (probe.start.take(), probe.end.take(), probe.failure.take());
+    let window = measure_load(&mut server, &spec)?;
     let (rss_now, peak_rss) = server.memory()?;
     server.stop()?;
-    let (Some((s0, _)), Some((s1, _))) = (start, end) else {
+    let (result, failure) = (window.result, window.failure);
+    let Some((s0, s1)) = window.edges else {
         return Ok(empty_row(
             target,
             shape,
@@ -799,7 +833,8 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
     })
 }
 
-fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+/// Opens `n` connections to `addr` that send nothing, a few at a time.
+pub fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         v.push(TcpStream::connect(addr).with_context(|| format!("idle connection #{i}"))?);
