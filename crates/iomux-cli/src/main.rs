@@ -73,17 +73,15 @@ fn level(verbose: u8, quiet: u8) -> log::LevelFilter {
     }
 }
 
-/// Installs the logger: `iomux: LEVEL: message` on stderr, at the level of
-/// `-v`/`-q`, or as `RUST_LOG` says when it is set.
+/// Installs the logger: the library's reports as `iomux: message` lines on
+/// stderr, at the level of `-v`/`-q`, or as `RUST_LOG` says when it is
+/// set.
 fn init_logger(verbose: u8, quiet: u8) {
     use std::io::Write;
     let mut builder = env_logger::Builder::new();
     builder
         .filter_level(level(verbose, quiet))
-        .format(|f, record| {
-            let level = record.level().as_str().to_ascii_lowercase();
-            writeln!(f, "iomux: {level}: {}", record.args())
-        });
+        .format(|f, record| writeln!(f, "iomux: {}", record.args()));
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
