@@ -505,3 +505,64 @@ fn bench_runs_uring_beside_epoll_with_each_batch_wait() {
         }
     }
 }
+
+/// Runs `iomux FLAGS serve` on epoll with a handler that holds the loop for
+/// 150 ms per line (which the library reports as a stall, once), sends it
+/// one line, stops it, and returns what it wrote to stderr.
+fn stall_report(flags: &[&str], rust_log: Option<&str>) -> String {
+    let mut cmd = Command::new(IOMUX);
+    cmd.args(flags)
+        .args([
+            "serve",
+            "--model",
+            "epoll",
+            "--protocol",
+            "slow-upper",
+            "--work-ms",
+            "150",
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(spec) = rust_log {
+        cmd.env("RUST_LOG", spec);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let mut conn = std::net::TcpStream::connect(address_in(&first)).unwrap();
+    conn.write_all(b"x\n").unwrap();
+    let mut reply = [0u8; 2];
+    std::io::Read::read_exact(&mut conn, &mut reply).unwrap();
+    assert_eq!(&reply, b"X\n");
+    drop(conn);
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn the_library_logs_through_the_cli_logger_as_v_q_and_rust_log_say() {
+    let stall = "held the event loop";
+    // Warnings show by default, as `iomux: ...` lines.
+    let default = stall_report(&[], None);
+    assert!(
+        default.lines().any(|l| l.starts_with("iomux: ") && l.contains(stall)),
+        "{default}"
+    );
+    // -q leaves errors only; RUST_LOG=off silences everything.
+    for (flags, rust_log) in [(&["-q"][..], None), (&[][..], Some("off"))] {
+        let quiet = stall_report(flags, rust_log);
+        assert!(!quiet.contains(stall), "{flags:?} {rust_log:?}: {quiet}");
+    }
+    // -v and -q together are refused.
+    let both = iomux(&["-v", "-q", "doctor"]);
+    assert!(!both.status.success());
+}
