@@ -66,8 +66,7 @@ fn line_chart(
 ) -> Result<()> {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let xs = data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-    let x_max = xs.fold(1.0f64, f64::max) * 2.0;
+    let (x_min, x_max) = x_span(data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
     let y_max = data
         .iter()
         .flat_map(|(_, p)| p.iter().map(|q| q.1))
@@ -79,10 +78,10 @@ fn line_chart(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
+        .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("connections")
+        .x_desc("connections (log scale)")
         .y_desc(y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| short_number(*y))
@@ -101,10 +100,130 @@ fn line_chart(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The x range of a log axis over `xs`: a third of a decade either side of
+/// the data, so the first and last points sit inside the frame and nothing
+/// is drawn where there is no data.
+fn x_span(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    if !lo.is_finite() || lo <= 0.0 {
+        return (0.5, 2.0);
+    }
+    (lo / 1.5, hi * 1.5)
+}
+
+/// Bars in groups: one group per name along x, in each a bar per series
+/// (coloured, with a legend); a series without a value in a group leaves a
+/// gap.
+fn grouped_bar_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(0.0f64, |m, &v| m.max(v))
+        * 1.15
+        + 1e-9;
+    let n = groups.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len().max(1))
+        .y_desc(y_label)
+        .y_label_formatter(&|y| short_number(*y))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                groups.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .draw()?;
+    // Each group 0.8 wide, split among the series.
+    let width = 0.8 / series.len().max(1) as f64;
+    for (k, (name, values)) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let left = |g: usize| g as f64 - 0.4 + k as f64 * width;
+        chart
+            .draw_series(values.iter().enumerate().filter_map(|(g, v)| {
+                let v = (*v)?;
+                Some(Rectangle::new(
+                    [(left(g), 0.0), (left(g) + width * 0.9, v)],
+                    color.filled(),
+                ))
+            }))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// Server CPU per round trip of the paced runs: a group per server (in the
+/// report's order: models, then peers and `--server` subjects), a bar per
+/// paced load.
+fn cpu_groups(r: &Report) -> (Vec<String>, Vec<(String, Vec<Option<f64>>)>) {
+    let paced: Vec<&super::RunRow> = r
+        .runs
+        .iter()
+        .filter(|x| x.shape == "paced" && x.rt_per_s > 0.0)
+        .collect();
+    let mut groups: Vec<String> = Vec::new();
+    let mut loads: Vec<(usize, f64)> = Vec::new();
+    for run in &paced {
+        let name = label(&run.model, run.threads);
+        if !groups.contains(&name) {
+            groups.push(name);
+        }
+        let load = (run.conns, run.rate.unwrap_or(0.0));
+        if !loads.contains(&load) {
+            loads.push(load);
+        }
+    }
+    loads.sort_by_key(|l| l.0);
+    let series = loads
+        .iter()
+        .map(|&(conns, rate)| {
+            let values = groups
+                .iter()
+                .map(|g| {
+                    paced
+                        .iter()
+                        .find(|x| label(&x.model, x.threads) == *g && x.conns == conns)
+                        .map(|x| x.cpu_s_per_mrt)
+                })
+                .collect();
+            (
+                format!("{} rt/s over {conns} connections", short_number(rate)),
+                values,
+            )
+        })
+        .collect();
+    (groups, series)
 }
 
 fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
@@ -168,14 +287,18 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             &series(r, "closed", |x| x.p99_us),
         )
     })?;
-    emit("cpu_per_rt.svg", &|p| {
-        line_chart(
-            p,
-            "Server CPU per round trip at equal paced load",
-            "server CPU s per million round trips",
-            &series(r, "paced", |x| x.cpu_s_per_mrt),
-        )
-    })?;
+    let (groups, loads) = cpu_groups(r);
+    if !groups.is_empty() {
+        emit("cpu_per_rt.svg", &|p| {
+            grouped_bar_chart(
+                p,
+                "Server CPU per round trip at equal paced load",
+                "server CPU s per million round trips",
+                &groups,
+                &loads,
+            )
+        })?;
+    }
     let mem: Vec<(String, f64)> = r
         .memory
         .iter()
