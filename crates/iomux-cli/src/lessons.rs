@@ -215,6 +215,19 @@ impl Env {
     fn serve(&self, model: Model, extra: &[&str]) -> Result<ServerProc> {
         self.serve_on(model, extra, true)
     }
+
+    /// Starts `model` and opens `n` idle connections to it; returns once it
+    /// has accepted them (or 5 s passed), with the count it reached.
+    fn serve_holding(
+        &self,
+        model: Model,
+        n: usize,
+    ) -> Result<(ServerProc, Vec<TcpStream>, u64)> {
+        let mut server = self.serve(model, &[])?;
+        let held = connect_idle(server.addr, n)?;
+        let accepted = server.wait_accepted(n as u64, PATIENCE)?;
+        Ok((server, held, accepted))
+    }
 }
 
 /// A load of `conns` connections (paced at `rate` if given) for `secs`.
@@ -319,9 +332,7 @@ fn iterative_blocks(env: &Env) -> Result<Outcome> {
 /// first-use allocations are in the baseline): bytes and threads per
 /// connection.
 fn idle_cost(env: &Env, model: Model, n: usize) -> Result<(f64, f64)> {
-    let mut server = env.serve(model, &[])?;
-    let warm = connect_idle(server.addr, 1)?;
-    server.wait_accepted(1, PATIENCE)?;
+    let (mut server, warm, _) = env.serve_holding(model, 1)?;
     let (rss0, _) = server.memory()?;
     let threads0 = proctree::threads(server.pid())?;
     let held = connect_idle(server.addr, n)?;
@@ -412,9 +423,7 @@ fn pool_bounded(env: &Env) -> Result<Outcome> {
 
 /// Server CPU, percent of a core, over `secs` with `n` idle connections.
 fn idle_cpu(env: &Env, model: Model, n: usize, secs: f64) -> Result<f64> {
-    let mut server = env.serve(model, &[])?;
-    let held = connect_idle(server.addr, n)?;
-    server.wait_accepted(n as u64, PATIENCE)?;
+    let (mut server, held, _) = env.serve_holding(model, n)?;
     let c0 = server.stats()?;
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
@@ -438,9 +447,7 @@ fn busy_poll_idle(env: &Env) -> Result<Outcome> {
 
 /// Connections served and refused of `n` opened to `model`.
 fn served_of(env: &Env, model: Model, n: usize) -> Result<(u64, u64)> {
-    let mut server = env.serve(model, &[])?;
-    let held = connect_idle(server.addr, n)?;
-    let accepted = server.wait_accepted(n as u64, PATIENCE)?;
+    let (mut server, held, accepted) = env.serve_holding(model, n)?;
     let refused = server.stats()?.get("refused").copied().unwrap_or(0);
     drop(held);
     server.stop()?;
@@ -472,9 +479,7 @@ fn select_fd_limit(env: &Env) -> Result<Outcome> {
 /// Server CPU microseconds per round trip of one connection paced at
 /// 2,000/s beside `idle` idle connections.
 fn cpu_per_rt_beside(env: &Env, model: Model, idle: usize) -> Result<f64> {
-    let mut server = env.serve(model, &[])?;
-    let held = connect_idle(server.addr, idle)?;
-    server.wait_accepted(idle as u64, PATIENCE)?;
+    let (mut server, held, _) = env.serve_holding(model, idle)?;
     let w = load(&mut server, 1, Some(2000.0), 0.4)?;
     drop(held);
     server.stop()?;

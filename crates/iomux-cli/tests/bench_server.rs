@@ -7,25 +7,10 @@ use std::process::{Command, Stdio};
 mod common;
 use common::{bench_json, measured_row, IOMUX};
 
-/// A Python asyncio echo server on the port given, that leaves a file named
-/// by its pid in the directory given.
-const PY_ECHO: &str = r#"
-import asyncio, os, sys
-open(os.path.join(sys.argv[2], str(os.getpid())), "w").close()
-async def handle(reader, writer):
-    while True:
-        data = await reader.read(65536)
-        if not data:
-            break
-        writer.write(data)
-        await writer.drain()
-    writer.close()
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
-asyncio.run(main())
-"#;
+/// The Python asyncio echo server of the README's run.
+fn py_echo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/bench/asyncio_echo.py")
+}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("iomux-{name}-{}", std::process::id()));
@@ -53,7 +38,8 @@ fn socat() -> Option<&'static str> {
     found.then_some("socat")
 }
 
-/// No process whose pid the Python server wrote in `dir` is still alive.
+/// No process whose pid was written in `dir` (one per start of the Python
+/// server) is still alive.
 fn assert_all_stopped(dir: &Path) {
     let pids: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -72,12 +58,11 @@ fn assert_all_stopped(dir: &Path) {
 #[test]
 fn foreign_servers_are_benched_beside_epoll() {
     let dir = scratch("foreign");
-    let script = dir.join("echo.py");
-    std::fs::write(&script, PY_ECHO).unwrap();
+    // sh writes its pid, which python3 then takes over (exec).
     let py = format!(
-        "py=exec python3 {} {{port}} {}",
-        script.display(),
-        dir.display()
+        "py=echo > {}/$$; exec python3 {} {{port}}",
+        dir.display(),
+        py_echo().display()
     );
     let mut args = vec![
         "--models",

@@ -1,10 +1,8 @@
 //! `iomux lessons`: every claim of the seed lessons, measured, with a
 //! figure and a verdict.
 
-use std::process::{Command, Stdio};
-
 mod common;
-use common::IOMUX;
+use common::run_json;
 
 const CLAIMS: [&str; 9] = [
     "iterative-blocks",
@@ -20,21 +18,7 @@ const CLAIMS: [&str; 9] = [
 
 #[test]
 fn lessons_json_has_every_claim_with_a_figure_and_a_verdict() {
-    let json = std::env::temp_dir().join(format!("iomux-lessons-{}.json", std::process::id()));
-    let out = Command::new(IOMUX)
-        .args(["lessons", "--json"])
-        .arg(&json)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    std::fs::remove_file(&json).unwrap();
+    let (report, out) = run_json(&["lessons"]);
     let claims = report["claims"].as_array().unwrap();
     let ids: Vec<&str> = claims.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, CLAIMS);

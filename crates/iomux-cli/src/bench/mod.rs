@@ -792,6 +792,12 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
     let syscalls = counted.iter().map(|k| delta(&s0, &s1, k)).sum::<f64>();
     let h = &result.latency_ns;
     let mut status = failure;
+    if rts == 0.0 && status.is_none() {
+        status = Some(format!(
+            "no round trip completed in the {:.2} s window ({} of {conns} connected)",
+            secs, result.connected
+        ));
+    }
     if result.errors > 0 {
         status = Some(format!(
             "{} errors: {}",

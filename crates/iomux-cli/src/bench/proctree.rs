@@ -145,12 +145,34 @@ pub fn sockets(root: u32) -> usize {
 /// Sends `sig` to the process group `pgid` (a server the bench started in
 /// a group of its own); a group already gone is no error.
 pub fn signal_group(pgid: u32, sig: i32) {
-    let Ok(pgid) = i32::try_from(pgid) else {
-        return;
-    };
-    // SAFETY: kill has no memory preconditions; a negative pid names the
-    // process group, which this bench created for a child it started.
-    unsafe { libc::kill(-pgid, sig) };
+    if let Ok(pgid) = i32::try_from(pgid) {
+        kill(-pgid, sig);
+    }
+}
+
+/// Sends `sig` to process `pid` (a child the bench started and has not
+/// reaped); one already gone is no error.
+pub fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        kill(pid, sig);
+    }
+}
+
+fn kill(target: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; `target` names a process
+    // or group this bench started.
+    unsafe { libc::kill(target, sig) };
+}
+
+/// Whether `pid` has exited: gone, or a zombie waiting to be reaped.
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text
+            .rfind(')')
+            .and_then(|i| text[i + 1..].split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
 }
 
 /// The number of threads of one process (`Threads:` of its status).

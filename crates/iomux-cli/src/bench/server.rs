@@ -202,12 +202,15 @@ impl ServerProc {
         if let Some((stdin, _)) = self.control.as_mut() {
             stdin.take();
         } else {
-            proctree::signal_group(self.pid(), libc::SIGTERM);
+            // The server first, as a user stops it (a forking server then
+            // ends its children itself), ...
+            proctree::signal(self.pid(), libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
-            while self.child.try_wait()?.is_none() && Instant::now() < deadline {
+            while !proctree::exited(self.pid()) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            // What is left of the group (children of a forking server).
+            // ... then what is left of its group. Not yet reaped, the
+            // server's pid (the group's id) cannot have been reused.
             proctree::signal_group(self.pid(), libc::SIGKILL);
             self.child.wait()?;
             return Ok(());

@@ -196,14 +196,13 @@ pub fn uring_batch_wait_available() -> bool {
     }
 }
 
-/// Runs `iomux bench ARGS --json FILE`, which must succeed; its report and
-/// output.
-pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
+/// Runs `iomux ARGS --json FILE`, which must succeed; the JSON it wrote
+/// and its output.
+pub fn run_json(args: &[&str]) -> (serde_json::Value, Output) {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let json = std::env::temp_dir().join(format!("iomux-bench-{}-{n}.json", std::process::id()));
+    let json = std::env::temp_dir().join(format!("iomux-json-{}-{n}.json", std::process::id()));
     let out = Command::new(IOMUX)
-        .arg("bench")
         .args(args)
         .arg("--json")
         .arg(&json)
@@ -218,6 +217,12 @@ pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
     let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     (report, out)
+}
+
+/// Runs `iomux bench ARGS --json FILE`: see [`run_json`].
+pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
+    let all: Vec<&str> = std::iter::once("bench").chain(args.iter().copied()).collect();
+    run_json(&all)
 }
 
 /// The report's one-loop row of `model` under `shape`, which must have
