@@ -218,11 +218,7 @@ impl Env {
 
     /// Starts `model` and opens `n` idle connections to it; returns once it
     /// has accepted them (or 5 s passed), with the count it reached.
-    fn serve_holding(
-        &self,
-        model: Model,
-        n: usize,
-    ) -> Result<(ServerProc, Vec<TcpStream>, u64)> {
+    fn serve_holding(&self, model: Model, n: usize) -> Result<(ServerProc, Vec<TcpStream>, u64)> {
         let mut server = self.serve(model, &[])?;
         let held = connect_idle(server.addr, n)?;
         let accepted = server.wait_accepted(n as u64, PATIENCE)?;

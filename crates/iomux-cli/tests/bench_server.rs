@@ -101,6 +101,14 @@ fn foreign_servers_are_benched_beside_epoll() {
     if with_socat {
         foreign.push("socat");
     }
+    assert_eq!(report["setup"]["protocol"], "echo");
+    let listed: Vec<&str> = report["setup"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, foreign);
     for shape in ["closed", "paced"] {
         let ours = measured_row(runs, "epoll", shape);
         assert!(ours["syscalls_per_rt"].as_f64().unwrap() > 0.0);
@@ -145,7 +153,10 @@ fn bad_server_specs_are_refused_in_one_line() {
     for (spec, needle) in [
         ("socat", "expected NAME=CMD"),
         ("x=cat", "{addr}"),
-        ("epoll=socat TCP-LISTEN:{port} EXEC:cat", "a model's or peer's"),
+        (
+            "epoll=socat TCP-LISTEN:{port} EXEC:cat",
+            "a model's or peer's",
+        ),
     ] {
         let out = Command::new(IOMUX)
             .args(["bench", "--models", "epoll", "--server", spec])

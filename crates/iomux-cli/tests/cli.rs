@@ -554,7 +554,9 @@ fn the_library_logs_through_the_cli_logger_as_v_q_and_rust_log_say() {
     // Warnings show by default, as `iomux: ...` lines.
     let default = stall_report(&[], None);
     assert!(
-        default.lines().any(|l| l.starts_with("iomux: ") && l.contains(stall)),
+        default
+            .lines()
+            .any(|l| l.starts_with("iomux: ") && l.contains(stall)),
         "{default}"
     );
     // -q leaves errors only; RUST_LOG=off silences everything.

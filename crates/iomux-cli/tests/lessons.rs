@@ -28,7 +28,10 @@ fn lessons_json_has_every_claim_with_a_figure_and_a_verdict() {
         assert!(!c["seeds"].as_array().unwrap().is_empty(), "{id}");
         for seed in c["seeds"].as_array().unwrap() {
             let seed = seed.as_str().unwrap();
-            assert!(["000", "001", "002", "003", "004"].contains(&seed), "{id}: {seed}");
+            assert!(
+                ["000", "001", "002", "003", "004"].contains(&seed),
+                "{id}: {seed}"
+            );
         }
         assert!(!c["measurement"].as_str().unwrap().is_empty(), "{id}");
         let figure = c["figure"].as_str().unwrap();

@@ -540,6 +540,19 @@ pub struct Setup {
     pub rounds: usize,
     /// Kernel release.
     pub kernel: String,
+    /// The protocol every server spoke.
+    pub protocol: &'static str,
+    /// The `--server` subjects, as given.
+    pub servers: Vec<ForeignServer>,
+}
+
+/// A `--server NAME=CMD` subject.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForeignServer {
+    /// Its name in the rows.
+    pub name: &'static str,
+    /// Its command, before `{addr}` and `{port}` are replaced.
+    pub cmd: &'static str,
 }
 
 /// Why `subject` cannot take `conns` connections, if it cannot: reported,
@@ -1073,6 +1086,15 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 .unwrap_or_default()
                 .trim()
                 .into(),
+            protocol: plan.protocol.name(),
+            servers: plan
+                .subjects
+                .iter()
+                .filter_map(|t| match t.subject {
+                    Subject::Foreign { name, cmd } => Some(ForeignServer { name, cmd }),
+                    _ => None,
+                })
+                .collect(),
         },
         runs: Vec::new(),
         idle: Vec::new(),

@@ -110,12 +110,17 @@ fn line_chart(
 /// the data, so the first and last points sit inside the frame and nothing
 /// is drawn where there is no data.
 fn x_span(xs: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
     if !lo.is_finite() || lo <= 0.0 {
         return (0.5, 2.0);
     }
     (lo / 1.5, hi * 1.5)
 }
+
+/// A series of bars: its name, and its value in each group (if any).
+type BarSeries = (String, Vec<Option<f64>>);
 
 /// Bars in groups: one group per name along x, in each a bar per series
 /// (coloured, with a legend); a series without a value in a group leaves a
@@ -125,7 +130,7 @@ fn grouped_bar_chart(
     title: &str,
     y_label: &str,
     groups: &[String],
-    series: &[(String, Vec<Option<f64>>)],
+    series: &[BarSeries],
 ) -> Result<()> {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -186,7 +191,7 @@ fn grouped_bar_chart(
 /// Server CPU per round trip of the paced runs: a group per server (in the
 /// report's order: models, then peers and `--server` subjects), a bar per
 /// paced load.
-fn cpu_groups(r: &Report) -> (Vec<String>, Vec<(String, Vec<Option<f64>>)>) {
+fn cpu_groups(r: &Report) -> (Vec<String>, Vec<BarSeries>) {
     let paced: Vec<&super::RunRow> = r
         .runs
         .iter()

@@ -61,7 +61,10 @@ fn stat(pid: u32) -> Option<Proc> {
 /// keeps it.
 fn run_ns(pid: u32) -> Option<u64> {
     let mut ns = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
         ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }

@@ -221,7 +221,9 @@ pub fn run_json(args: &[&str]) -> (serde_json::Value, Output) {
 
 /// Runs `iomux bench ARGS --json FILE`: see [`run_json`].
 pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
-    let all: Vec<&str> = std::iter::once("bench").chain(args.iter().copied()).collect();
+    let all: Vec<&str> = std::iter::once("bench")
+        .chain(args.iter().copied())
+        .collect();
     run_json(&all)
 }
 
