@@ -57,18 +57,21 @@ fn stat(pid: u32) -> Option<Proc> {
     })
 }
 
-/// The run time of `pid`'s living threads in nanoseconds, if the kernel
-/// keeps it.
-fn run_ns(pid: u32) -> Option<u64> {
-    let mut ns = 0;
+/// The time `pid`'s living threads spent on a CPU and waiting in a run
+/// queue for one (runnable, another task on the CPU), in nanoseconds, if
+/// the kernel keeps it (`/proc/PID/task/TID/schedstat`).
+pub fn sched_ns(pid: u32) -> Option<(u64, u64)> {
+    let (mut run, mut wait) = (0, 0);
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
         .flatten()
     {
         let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+        run += f.next()??;
+        wait += f.next()??;
     }
-    Some(ns)
+    Some((run, wait))
 }
 
 /// `root` and every living descendant.
@@ -110,7 +113,7 @@ pub fn usage(root: u32) -> Result<TreeUsage> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut u = TreeUsage::default();
     for p in members {
-        let own_us = run_ns(p.pid).map_or(p.own_ticks * 1_000_000 / hz, |ns| ns / 1000);
+        let own_us = sched_ns(p.pid).map_or(p.own_ticks * 1_000_000 / hz, |(ns, _)| ns / 1000);
         u.cpu_us += own_us + p.child_ticks * 1_000_000 / hz;
         let pid = p.pid;
         let (Ok(status), Ok(rollup)) = (
