@@ -231,41 +231,6 @@ fn cpu_groups(r: &Report) -> (Vec<String>, Vec<BarSeries>) {
     (groups, series)
 }
 
-fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let y_max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max) * 1.15 + 1e-9;
-    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(80)
-        .build_cartesian_2d((0..bars.len()).into_segmented(), 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc(y_label)
-        .y_label_formatter(&|y| short_number(*y))
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        let color = COLORS[i % COLORS.len()];
-        Rectangle::new(
-            [
-                (SegmentValue::Exact(i), 0.0),
-                (SegmentValue::Exact(i + 1), *v),
-            ],
-            color.filled(),
-        )
-    }))?;
-    root.present()?;
-    Ok(())
-}
-
 /// Writes every chart into `dir`; returns the file names.
 pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -304,20 +269,24 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             )
         })?;
     }
-    let mem: Vec<(String, f64)> = r
-        .memory
-        .iter()
-        .filter(|m| m.status.is_none())
-        .map(|m| (label(&m.model, m.threads), m.bytes_per_conn))
-        .collect();
-    if !mem.is_empty() {
-        let conns = r.memory.first().map_or(0, |m| m.conns);
+    let measured: Vec<&super::MemRow> = r.memory.iter().filter(|m| m.status.is_none()).collect();
+    if !measured.is_empty() {
+        let conns = measured[0].conns;
+        let names: Vec<String> = measured
+            .iter()
+            .map(|m| label(&m.model, m.threads))
+            .collect();
+        let bytes = vec![(
+            "RSS added per connection (Pss of the tree for --server)".to_string(),
+            measured.iter().map(|m| Some(m.bytes_per_conn)).collect(),
+        )];
         emit("memory_per_conn.svg", &|p| {
-            bar_chart(
+            grouped_bar_chart(
                 p,
                 &format!("Server memory per idle connection ({conns} connections)"),
-                "bytes (RSS)",
-                &mem,
+                "bytes",
+                &names,
+                &bytes,
             )
         })?;
     }
