@@ -7,7 +7,9 @@ use plotters::prelude::*;
 
 use super::{label, Report};
 
-const COLORS: [RGBColor; 9] = [
+/// Distinct colours, enough for every model, the peer and a few
+/// `--server` subjects before one repeats.
+const COLORS: [RGBColor; 14] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -17,6 +19,11 @@ const COLORS: [RGBColor; 9] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 128, 128),
+    RGBColor(0, 0, 0),
 ];
 
 /// An axis label without trailing zeros: 600k, 2.5, 0.25.
@@ -58,33 +65,66 @@ fn series(
     out
 }
 
+/// The y axis of a line chart.
+#[derive(Clone, Copy, PartialEq)]
+enum YScale {
+    Linear,
+    /// Logarithmic: for figures that span decades (latency).
+    Log,
+}
+
 fn line_chart(
     path: &Path,
     title: &str,
     y_label: &str,
     data: &[(String, Vec<(f64, f64)>)],
+    scale: YScale,
 ) -> Result<()> {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let (x_min, x_max) = x_span(data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
-    let y_max = data
+    // A log y axis is drawn as a linear axis of log10(y), labelled 10^y.
+    let log = scale == YScale::Log;
+    let data: Vec<(String, Vec<(f64, f64)>)> = data
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .fold(0.0f64, f64::max)
-        * 1.15
-        + 1e-9;
+        .map(|(name, pts)| {
+            let pts = pts
+                .iter()
+                .filter(|p| !log || p.1 > 0.0)
+                .map(|&(x, y)| (x, if log { y.log10() } else { y }))
+                .collect();
+            (name.clone(), pts)
+        })
+        .collect();
+    let ys = || data.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let (y_min, y_max) = if log {
+        let lo = ys().fold(f64::INFINITY, f64::min);
+        let hi = ys().fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() {
+            (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+        } else {
+            (0.0, 1.0)
+        }
+    } else {
+        (0.0, ys().fold(0.0f64, f64::max) * 1.15 + 1e-9)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_max)?;
+        .build_cartesian_2d((x_min..x_max).log_scale(), y_min..y_max)?;
     chart
         .configure_mesh()
         .x_desc("connections (log scale)")
         .y_desc(y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| short_number(*y))
+        .y_labels(if log {
+            (y_max - y_min) as usize + 1
+        } else {
+            10
+        })
+        .y_label_formatter(&|y| short_number(if log { 10f64.powf(*y) } else { *y }))
         .draw()?;
     for (i, (model, pts)) in data.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -247,14 +287,16 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             "Round trips per second, closed loop",
             "round trips/s",
             &series(r, "closed", |x| x.rt_per_s),
+            YScale::Linear,
         )
     })?;
     emit("p99.svg", &|p| {
         line_chart(
             p,
             "p99 latency, closed loop",
-            "p99 latency (us)",
+            "p99 latency (us, log scale)",
             &series(r, "closed", |x| x.p99_us),
+            YScale::Log,
         )
     })?;
     let (groups, loads) = cpu_groups(r);
