@@ -26,7 +26,7 @@ use iomux::server::Model;
 use serde::Serialize;
 
 use crate::bench::load::LoadSpec;
-use crate::bench::server::ServerProc;
+use crate::bench::server::{ServerProc, Stats};
 use crate::bench::{connect_idle, measure_load, proctree, Window};
 
 /// Flags of `iomux lessons`.
@@ -260,11 +260,11 @@ fn rt_per_s(w: &Window) -> f64 {
     w.result.round_trips as f64 / w.result.elapsed.as_secs_f64().max(1e-9)
 }
 
-/// Counter `k` per round trip over a window.
-fn per_rt(w: &Window, k: &str) -> Result<f64> {
+/// How much `field` grew per round trip over a window.
+fn per_rt(w: &Window, field: impl Fn(&Stats) -> u64) -> Result<f64> {
     let d = w
-        .delta(k)
-        .ok_or_else(|| anyhow!("the server did not report {k}"))?;
+        .delta(field)
+        .ok_or_else(|| anyhow!("the server's counters were not read"))?;
     Ok(d / w.result.round_trips as f64)
 }
 
@@ -356,7 +356,7 @@ fn thread_per_connection(env: &Env) -> Result<Outcome> {
         let mut server = env.serve(model, &[])?;
         let w = load(&mut server, 50, None, 0.4)?;
         server.stop()?;
-        sleeps.push(per_rt(&w, "vcsw")?);
+        sleeps.push(per_rt(&w, |s| s.vcsw)?);
     }
     let figure = format!(
         "per idle connection: threaded {thr_threads:.2} threads, {:.1} KiB; epoll {ep_threads:.2} threads, {:.1} KiB. Context switches per round trip: threaded {:.2}, epoll {:.2}",
@@ -463,7 +463,7 @@ fn busy_poll_idle(env: &Env) -> Result<Outcome> {
 /// Connections served and refused of `n` opened to `model`.
 fn served_of(env: &Env, model: Model, n: usize) -> Result<(u64, u64)> {
     let (mut server, held, accepted) = env.serve_holding(model, n)?;
-    let refused = server.stats()?.get("refused").copied().unwrap_or(0);
+    let refused = server.stats()?.counters.refused;
     drop(held);
     server.stop()?;
     Ok((accepted - refused, refused))
@@ -498,7 +498,7 @@ fn cpu_per_rt_beside(env: &Env, model: Model, idle: usize) -> Result<f64> {
     let w = load(&mut server, 1, Some(2000.0), 0.4)?;
     drop(held);
     server.stop()?;
-    per_rt(&w, "cpu_us")
+    per_rt(&w, |s| s.cpu_us)
 }
 
 fn scan_cost(env: &Env) -> Result<Outcome> {
@@ -669,7 +669,7 @@ fn completion_vs_readiness(env: &Env) -> Result<Outcome> {
     iomux::uring::probe().map_err(|why| anyhow!("io_uring unavailable: {why}"))?;
     let pair = [Model::Epoll, Model::Uring];
     let cpu = paired_rounds(env, pair, |server| {
-        per_rt(&load(server, 100, Some(20_000.0), 0.3)?, "cpu_us")
+        per_rt(&load(server, 100, Some(20_000.0), 0.3)?, |s| s.cpu_us)
     })?;
     let closed = paired_rounds(env, pair, |server| {
         Ok(rt_per_s(&load(server, 100, None, 0.3)?))

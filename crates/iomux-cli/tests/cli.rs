@@ -372,7 +372,7 @@ fn threads_for_one_loop_models_are_refused() {
         ]);
         assert_one_line_error(
             &out,
-            &format!("--threads 2: model {model} runs one loop; --threads is for epoll, coroutine and uring"),
+            &format!("threads above 1 (--threads) does not work on model {model}; use --model epoll or coroutine or uring"),
         );
     }
     let out = iomux(&["serve", "--threads", "0", "--addr", "127.0.0.1:0"]);
@@ -391,7 +391,7 @@ fn flags_for_other_models_or_protocols_are_refused() {
         "--addr",
         "127.0.0.1:0",
     ]);
-    assert_one_line_error(&out, "--offload needs an event-loop model");
+    assert_one_line_error(&out, "offload_threads (--offload) does not work on model");
     let out = iomux(&["serve", "--work-ms", "5", "--addr", "127.0.0.1:0"]);
     assert_one_line_error(&out, "--work-ms is for --protocol slow-upper");
     let out = iomux(&[
@@ -403,7 +403,10 @@ fn flags_for_other_models_or_protocols_are_refused() {
         "--addr",
         "127.0.0.1:0",
     ]);
-    assert_one_line_error(&out, "is for the uring model only");
+    assert_one_line_error(
+        &out,
+        "uring_batch_wait (--uring-batch-wait) does not work on model",
+    );
     let out = iomux(&["bench", "--uring-batch-wait", "1s"]);
     assert_one_line_error(&out, "1us to 10ms");
     let out = iomux(&[

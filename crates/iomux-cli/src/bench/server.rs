@@ -11,7 +11,6 @@
 //! and accepted connections are read from `/proc` over its whole process
 //! tree (see [`super::proctree`]); SIGTERM to the group stops it.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -33,8 +32,8 @@ pub struct ServerProc {
     pub addr: SocketAddr,
 }
 
-/// Counters the server reported, by name (see `control::format_stats`).
-pub type Stats = HashMap<String, u64>;
+/// What the server reported (see `control::format_stats`).
+pub type Stats = crate::control::ControlStats;
 
 impl ServerProc {
     /// Starts `iomux <args...>` and waits for its address line.
@@ -133,18 +132,20 @@ impl ServerProc {
         self.child.id()
     }
 
-    /// Asks the server for its counters; a foreign one gets `cpu_us` (its
-    /// process tree's) and `accepted` (the sockets its tree holds beyond
-    /// those it started with).
+    /// Asks the server for its counters; a foreign one gets its process
+    /// tree's CPU time (`cpu_us`) and, as `accepted`, the sockets its tree
+    /// holds beyond those it started with; every other field stays 0 (the
+    /// bench reports them as absent for it).
     pub fn stats(&mut self) -> Result<Stats> {
         let Some((stdin, stdout)) = self.control.as_mut() else {
             let pid = self.pid();
-            let tree = proctree::usage(pid)?;
-            let accepted = proctree::sockets(pid).saturating_sub(self.base_sockets);
-            return Ok(Stats::from([
-                ("cpu_us".to_string(), tree.cpu_us),
-                ("accepted".to_string(), accepted as u64),
-            ]));
+            let mut stats = Stats {
+                cpu_us: proctree::usage(pid)?.cpu_us,
+                ..Stats::default()
+            };
+            stats.counters.accepted =
+                proctree::sockets(pid).saturating_sub(self.base_sockets) as u64;
+            return Ok(stats);
         };
         let stdin = stdin
             .as_mut()
@@ -187,7 +188,7 @@ impl ServerProc {
     pub fn wait_accepted(&mut self, n: u64, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let got = self.stats()?.get("accepted").copied().unwrap_or(0);
+            let got = self.stats()?.counters.accepted;
             if got >= n || Instant::now() >= deadline {
                 return Ok(got);
             }
