@@ -175,6 +175,92 @@ fn resets(model: &str) {
     server.stop();
 }
 
+/// A protocol written here, in the test, as a user of the library writes
+/// one: the two attacks below hit a server of the library (in this
+/// process) that serves it, so the framework is attacked with a handler it
+/// has never seen, not only with its built-ins.
+struct LocalUpper;
+
+impl iomux::protocol::Handler for LocalUpper {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> iomux::protocol::Action {
+        out.extend(input.iter().map(u8::to_ascii_uppercase));
+        iomux::protocol::Action::Continue
+    }
+}
+
+fn local_server(model: &str) -> iomux::server::Server {
+    let model: iomux::server::Model = model.parse().unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    iomux::server::Server::spawn(model, addr, iomux::server::Config::default(), || LocalUpper)
+        .expect("serving the test's own handler")
+}
+
+/// [`slow_reader`], on a server of the library serving [`LocalUpper`]: it
+/// stops reading the peer that does not read (its output bounded, by the
+/// server's own count), and keeps serving another client.
+fn local_slow_reader(model: &str) {
+    if !available(model) {
+        return;
+    }
+    let server = local_server(model);
+    let mut slow = client(server.addr());
+    slow.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (chunk, limit) = (vec![b'a'; 64 * 1024], 64 << 20);
+    let mut pushed = 0;
+    while pushed < limit {
+        match slow.write(&chunk) {
+            Ok(n) => pushed += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("{model}: the slow reader's send failed: {e}"),
+        }
+    }
+    assert!(pushed < limit, "{model}: no push-back after {pushed} bytes");
+    let config = iomux::server::Config::default();
+    let peak = server.counters().snapshot().peak_conn_output as usize;
+    assert!(
+        peak <= config.max_output + config.read_chunk,
+        "{model}: a connection held {peak} bytes of output"
+    );
+    if concurrent(model) {
+        let mut other = client(server.addr());
+        for _ in 0..100 {
+            round_trip(&mut other, b"still served?\n").unwrap();
+        }
+    }
+    drop(slow);
+    server.shutdown().unwrap();
+}
+
+/// [`resets`], on a server of the library serving [`LocalUpper`]: every
+/// reset connection is closed and counted, none stays open.
+fn local_resets(model: &str) {
+    if !available(model) {
+        return;
+    }
+    let server = local_server(model);
+    let n = 200;
+    let payload = vec![b'r'; 64 * 1024];
+    for _ in 0..n {
+        let mut s = client(server.addr());
+        s.write_all(&payload).unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).unwrap();
+        assert_eq!(&one, b"R");
+        drop(s); // unread reply bytes: RST
+    }
+    let counters = server.counters().clone();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while counters.snapshot().closed < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = counters.snapshot();
+    assert_eq!((st.accepted, st.closed), (n, n), "{model}: {st:?}");
+    assert_eq!(counters.active(), 0);
+    served_again(server.addr(), model);
+    server.shutdown().unwrap();
+}
+
 /// Many idle connections: a fresh client is still served, and the server
 /// uses next to no CPU while they idle.
 fn idle(model: &str) {
@@ -403,6 +489,14 @@ macro_rules! hostile {
             #[test]
             fn resets() {
                 super::resets($model);
+            }
+            #[test]
+            fn local_handler_slow_reader() {
+                super::local_slow_reader($model);
+            }
+            #[test]
+            fn local_handler_resets() {
+                super::local_resets($model);
             }
             #[test]
             fn idle() {

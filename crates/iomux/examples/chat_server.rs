@@ -29,6 +29,8 @@
 //! output; a thread of the thread models waits for its socket and for
 //! pushes together; busy-poll looks at every pass.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::net::TcpListener;
@@ -130,29 +132,9 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn Error>> {
     const USAGE: &str = "usage: chat_server [--model MODEL] [ADDR]   (MODEL: auto, blocking, threaded, pool, busy-poll, select, poll, epoll, coroutine, uring)";
-    let (mut model, mut addr) = (Model::auto(), "127.0.0.1:0".to_string());
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--model" => {
-                let name = args
-                    .next()
-                    .ok_or_else(|| format!("--model needs a name; {USAGE}"))?;
-                model = name.parse()?;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            flag if flag.starts_with('-') => {
-                return Err(format!("unknown option {flag}; {USAGE}").into())
-            }
-            _ => addr = arg,
-        }
-    }
-    if model == Model::Uring {
-        iomux::uring::probe()?; // say why not, before printing an address
-    }
+    let Some((model, addr)) = common::model_and_addr(USAGE)? else {
+        return Ok(());
+    };
     let room = Arc::new(Mutex::new(Room::default()));
     let factory = move || Member {
         room: room.clone(),

@@ -30,6 +30,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::protocol::Action;
+
 /// Why a push was refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PushError {
@@ -159,6 +161,19 @@ pub struct Pushed {
     /// A close was asked for: `Some(true)` at once, `Some(false)` after
     /// the output is sent.
     pub close: Option<bool>,
+}
+
+impl Pushed {
+    /// What the driver does with them: `None`, close the connection now
+    /// (an abort; the bytes are dropped); else queue the bytes with this
+    /// action ([`Action::Close`]: close once everything is sent).
+    pub fn action(&self) -> Option<Action> {
+        match self.close {
+            Some(true) => None,
+            Some(false) => Some(Action::Close),
+            None => Some(Action::Continue),
+        }
+    }
 }
 
 /// The driver's side of a connection's [`Push`].

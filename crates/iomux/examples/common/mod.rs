@@ -7,7 +7,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 
 use iomux::selector::Interest;
-use iomux::server::{Counters, ACCEPT_BACKOFF};
+use iomux::server::{Counters, Model, ACCEPT_BACKOFF};
 
 /// Binds the address given as the first argument, `127.0.0.1:1688` (the
 /// lessons' port) by default, and prints the bound address as the first
@@ -68,4 +68,35 @@ impl Default for Scratch {
             counters: Counters::default(),
         }
     }
+}
+
+/// For the framework's examples: `[--model MODEL] [ADDR]` from the command
+/// line (`auto` and `127.0.0.1:0` by default). `None` after `--help`, which
+/// prints `usage`; an error names what is wrong and gives `usage`. For
+/// uring, the probe says why not before anything is bound.
+pub fn model_and_addr(usage: &str) -> Result<Option<(Model, String)>, Box<dyn std::error::Error>> {
+    let (mut model, mut addr) = (Model::auto(), "127.0.0.1:0".to_string());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--model" => {
+                let name = args
+                    .next()
+                    .ok_or_else(|| format!("--model needs a name; {usage}"))?;
+                model = name.parse()?;
+            }
+            "-h" | "--help" => {
+                println!("{usage}");
+                return Ok(None);
+            }
+            flag if flag.starts_with('-') => {
+                return Err(format!("unknown option {flag}; {usage}").into())
+            }
+            _ => addr = arg,
+        }
+    }
+    if model == Model::Uring {
+        iomux::uring::probe()?; // say why not, before printing an address
+    }
+    Ok(Some((model, addr)))
 }

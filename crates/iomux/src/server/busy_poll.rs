@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::Conn;
-use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
 
 /// A connection, and its pushers' side for a handler that pushes (checked
@@ -150,13 +150,8 @@ fn step<H: Handler>(
     let mut res = Ok(());
     if let Some(p) = pusher.as_ref().filter(|p| p.has_pushed()) {
         let pushed = p.take();
-        if pushed.close == Some(true) {
+        let Some(action) = pushed.action() else {
             return Some(CloseReason::HandlerClosed);
-        }
-        let action = if pushed.close.is_some() {
-            Action::Close
-        } else {
-            Action::Continue
         };
         res = conn.respond(&pushed.bytes, action, counters);
     }

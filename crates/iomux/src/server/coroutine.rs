@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::readiness::READS_PER_TURN;
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::{Conn, Input, ReadState};
-use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
 use crate::reactor::task::{self, Async, Runtime};
 use crate::reactor::Options;
@@ -393,13 +393,8 @@ async fn serve_connection<H: Handler>(
         .await;
         if pushed {
             let pushed = push.expect("polled").pusher.take();
-            if pushed.close == Some(true) {
+            let Some(action) = pushed.action() else {
                 return Ok(CloseReason::HandlerClosed);
-            }
-            let action = if pushed.close == Some(false) {
-                Action::Close
-            } else {
-                Action::Continue
             };
             let pending_before = conn.get_ref().pending();
             conn.get_mut().respond(&pushed.bytes, action, counters)?;

@@ -742,13 +742,8 @@ impl<F: Factory> Server<F> {
             return;
         };
         let pushed = pusher.take();
-        if pushed.close == Some(true) {
+        let Some(action) = pushed.action() else {
             return self.close(r, key, CloseReason::HandlerClosed);
-        }
-        let action = if pushed.close == Some(false) {
-            Action::Close
-        } else {
-            Action::Continue
         };
         let res = slot.conn.respond(&pushed.bytes, action, &self.counters);
         self.settle(r, key, res);

@@ -68,7 +68,7 @@ use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
 use crate::conn::{close_now, nothing_to_lose, Core, Phase};
-use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
@@ -831,16 +831,11 @@ impl<F: Factory> Loop<'_, F> {
             if slot.dead.is_some() || slot.lingering.is_some() {
                 continue;
             }
-            if pushed.close == Some(true) {
-                slot.dead = Some(CloseReason::HandlerClosed);
-            } else {
-                let action = if pushed.close == Some(false) {
-                    Action::Close
-                } else {
-                    Action::Continue
-                };
-                slot.core
-                    .respond(&pushed.bytes, action, self.counters, queue_only)?;
+            match pushed.action() {
+                None => slot.dead = Some(CloseReason::HandlerClosed),
+                Some(action) => slot
+                    .core
+                    .respond(&pushed.bytes, action, self.counters, queue_only)?,
             }
             self.pump(key)?;
         }
