@@ -55,6 +55,7 @@ pub(super) fn serve(
 ) -> io::Result<()> {
     let mut rt = Runtime::new(Options {
         backend: Backend::recommended(),
+        latency_budget: config.latency_budget,
         ..Options::default()
     })?;
     {

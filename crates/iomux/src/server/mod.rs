@@ -168,6 +168,14 @@ impl Model {
         matches!(self, Model::Epoll | Model::Coroutine | Model::Uring)
     }
 
+    /// Whether the model waits for many connections' events at once, so a
+    /// [latency budget](Config::latency_budget) can batch them: select,
+    /// poll, epoll, coroutine and uring. The thread models wait per
+    /// connection, and busy-poll never waits.
+    pub fn supports_latency_budget(self) -> bool {
+        self.uses_reactor() || self == Model::Uring
+    }
+
     /// Whether this platform can run the model (for [`Model::Uring`], a
     /// run-time probe: [`crate::uring::probe()`] says why not).
     pub fn is_supported(self) -> bool {
@@ -249,6 +257,14 @@ pub struct Config {
     /// interrupt coalescing. Needs `IORING_FEAT_MIN_TIMEOUT` (Linux 6.12).
     /// `None` (the default): the loop wakes at the first completion.
     pub uring_batch_wait: Option<Duration>,
+    /// The models that [wait for events](Model::supports_latency_budget):
+    /// latency the loop may add to batch its wake-ups, adapting to the
+    /// load ([`crate::budget`]): nothing while load is light, up to half of
+    /// it under sustained load (a sleep before the selector's wait; for
+    /// uring, the kernel's minimum wait, Linux 6.12). At most
+    /// [`MAX_LATENCY_BUDGET`](Config::MAX_LATENCY_BUDGET). `None` (the
+    /// default): never.
+    pub latency_budget: Option<Duration>,
 }
 
 impl Default for Config {
@@ -266,6 +282,7 @@ impl Default for Config {
             on_fd_exhaustion: FdExhaustion::Pause,
             threads: 1,
             uring_batch_wait: None,
+            latency_budget: None,
         }
     }
 }
@@ -274,6 +291,9 @@ impl Config {
     /// The longest [`uring_batch_wait`](Config::uring_batch_wait): past
     /// this, added latency buys no more batching worth having.
     pub const MAX_URING_BATCH_WAIT: Duration = Duration::from_millis(10);
+
+    /// The longest [`latency_budget`](Config::latency_budget).
+    pub const MAX_LATENCY_BUDGET: Duration = Duration::from_millis(100);
 
     /// Checks the values a driver relies on.
     ///
@@ -309,11 +329,20 @@ impl Config {
                 return bad("uring_batch_wait must be longer than zero and at most 10 ms (or off)");
             }
         }
+        if let Some(budget) = self.latency_budget {
+            if budget.is_zero() || budget > Config::MAX_LATENCY_BUDGET {
+                return bad("latency_budget must be longer than zero and at most 100 ms (or off)");
+            }
+            if self.uring_batch_wait.is_some() {
+                return bad("latency_budget and uring_batch_wait both set how long uring's waits last; use one (latency_budget adapts to the load, uring_batch_wait is fixed)");
+            }
+        }
         Ok(())
     }
 
     /// [`validate`](Config::validate), and whether `model` can follow
-    /// every setting: [`threads`](Config::threads) loops, and the
+    /// every setting: [`threads`](Config::threads) loops, a
+    /// [`latency_budget`](Config::latency_budget), and the
     /// [`on_fd_exhaustion`](Config::on_fd_exhaustion) policy.
     ///
     /// ```
@@ -349,6 +378,12 @@ impl Config {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("uring_batch_wait is for the uring model only, not {model}"),
+            ));
+        }
+        if self.latency_budget.is_some() && !model.supports_latency_budget() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the {model} model has no wait to delay, so latency_budget cannot batch its wake-ups; use select, poll, epoll, coroutine or uring"),
             ));
         }
         if !self.on_fd_exhaustion.supported_by(model) {

@@ -1,0 +1,269 @@
+//! A latency budget: how long an event loop may hold off its next wait so
+//! that one wake-up handles a bigger batch, adapting to the load it sees.
+//!
+//! On loopback most of the CPU of a round trip is spent waking threads: this
+//! loop when a message lands, and the peer when the reply does. A loop that
+//! waits a little before its next wait finds several messages ready where it
+//! would have found one, and pays for one wake-up instead of several; its
+//! replies leave in a burst, so the peer is woken once for the burst too. The
+//! price is latency, and it only pays when there is something to batch.
+//! Network cards face the same trade and solve it with *adaptive interrupt
+//! moderation*: no moderation while traffic is light, more as it grows.
+//! [`LatencyBudget`] is that policy for an event loop, sans-IO: the loop
+//! tells it what each turn saw ([`LatencyBudget::record`]) and it answers
+//! with the delay to add before the next wait. It never sleeps and never
+//! reads the clock itself, so every model shares it (the reactor sleeps
+//! before `epoll_wait`, `poll` or `select`; the io_uring loop asks the kernel
+//! for a minimum wait) and it is tested without a network.
+//!
+//! # The policy
+//!
+//! * **Light load adds nothing.** A turn that handled fewer than
+//!   [`MIN_BATCH`] events had nothing to batch: the delay halves, and
+//!   under a step (the budget / [`STEP_DIVISOR`]) it is zero. A turn that followed an idle gap longer
+//!   than the budget resets it to zero at once. So a lone client in a closed
+//!   loop (one message per turn) never waits.
+//! * **Sustained load grows the delay**: a turn with [`MIN_BATCH`] events or
+//!   more doubles it (from one step), turn by turn, up to the ceiling.
+//! * **The ceiling keeps the added latency inside the budget.** A message
+//!   that arrives just after a wait returned waits for the rest of that turn
+//!   and for the delay, so the delay, plus the time a turn takes, plus how
+//!   much longer than asked the delay lasts (the OS's timer slack; both
+//!   tracked conservatively: they rise at once and fall slowly), stays
+//!   within [`SHARE`] of the budget. The rest of the budget is left to what the
+//!   loop cannot see: the sleep's own overshoot, the network, the peer.
+//!
+//! # Examples
+//!
+//! ```
+//! use iomux::budget::LatencyBudget;
+//! use std::time::{Duration, Instant};
+//!
+//! let mut budget = LatencyBudget::new(Duration::from_millis(1));
+//! let t = Instant::now();
+//! // One message per turn: nothing to batch, no delay.
+//! let ms = Duration::from_millis;
+//! assert_eq!(budget.record(1, t, t + Duration::from_micros(20)), Duration::ZERO);
+//! // Turns with many messages: the delay grows, within the budget.
+//! let mut delay = Duration::ZERO;
+//! for i in 1..20 {
+//!     let woke = t + ms(i);
+//!     delay = budget.record(40, woke, woke + Duration::from_micros(50));
+//! }
+//! assert!(delay > Duration::ZERO && delay <= budget.budget());
+//! ```
+
+use std::time::{Duration, Instant};
+
+/// A turn with fewer events than this had nothing to batch.
+pub const MIN_BATCH: usize = 2;
+
+/// The smallest delay is the budget divided by this: the first delay under
+/// load, and below it the delay is zero.
+pub const STEP_DIVISOR: u32 = 32;
+
+/// The share of the budget the loop may spend on its own delay plus one
+/// turn's handling, in percent; the rest is left for what the loop cannot
+/// see (the sleep's overshoot, the network, the peer).
+pub const SHARE: u32 = 50;
+
+/// The adaptive delay of one event loop (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencyBudget {
+    budget: Duration,
+    delay: Duration,
+    /// Time a turn takes to handle its events: rises at once, falls by an
+    /// eighth of the gap per turn.
+    busy: Duration,
+    /// How much longer than the delay asked the loop was away before a busy
+    /// turn (the OS's timer slack, the scheduler): tracked the same way.
+    overshoot: Duration,
+    /// When the previous turn ended (`None` before the first).
+    last_done: Option<Instant>,
+}
+
+impl LatencyBudget {
+    /// A policy that keeps the latency it adds within `budget`; it starts
+    /// with no delay.
+    pub fn new(budget: Duration) -> LatencyBudget {
+        LatencyBudget {
+            budget,
+            delay: Duration::ZERO,
+            busy: Duration::ZERO,
+            overshoot: Duration::ZERO,
+            last_done: None,
+        }
+    }
+
+    /// The budget it was made with.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// The delay to add before the next wait (what the last
+    /// [`record`](Self::record) returned).
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The longest delay the policy would pick now: [`SHARE`] of the
+    /// budget less the time a turn takes and less the delay's overshoot.
+    pub fn ceiling(&self) -> Duration {
+        (self.budget * SHARE / 100).saturating_sub(self.busy + self.overshoot)
+    }
+
+    /// Records one turn: `events` handled (I/O events, or completions), the
+    /// wait returned at `woke` and the turn's handling ended at `done`.
+    /// Returns the delay to add before the next wait.
+    pub fn record(&mut self, events: usize, woke: Instant, done: Instant) -> Duration {
+        track(&mut self.busy, done.saturating_duration_since(woke));
+        // The wait blocked (beyond the delay the loop added) for longer than
+        // the budget: the load has gone, start again from nothing.
+        let gap = self
+            .last_done
+            .map_or(Duration::ZERO, |t| woke.saturating_duration_since(t));
+        self.last_done = Some(done);
+        // With a batch waiting, the wait after the delay returned at once:
+        // the loop was away for the delay plus its overshoot.
+        if events >= MIN_BATCH && !self.delay.is_zero() {
+            track(&mut self.overshoot, gap.saturating_sub(self.delay));
+        }
+        let step = self.budget / STEP_DIVISOR;
+        self.delay = if gap > self.delay + self.budget {
+            Duration::ZERO
+        } else if events >= MIN_BATCH {
+            (self.delay * 2).max(step)
+        } else if self.delay / 2 >= step {
+            self.delay / 2
+        } else {
+            Duration::ZERO
+        };
+        self.delay = self.delay.min(self.ceiling());
+        if self.delay < step {
+            self.delay = Duration::ZERO;
+        }
+        self.delay
+    }
+}
+
+/// Follows `sample` at once when it rises, by an eighth of the gap when it
+/// falls: an estimate that errs on the long side.
+fn track(estimate: &mut Duration, sample: Duration) {
+    *estimate = if sample >= *estimate {
+        sample
+    } else {
+        *estimate - (*estimate - sample) / 8
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    /// Feeds `turns` turns of `events` each, one every `period`, each taking
+    /// `busy`; returns the delays chosen, and the time after the last turn.
+    fn feed(
+        p: &mut LatencyBudget,
+        start: Instant,
+        turns: usize,
+        events: usize,
+        period: Duration,
+        busy: Duration,
+    ) -> (Vec<Duration>, Instant) {
+        let mut t = start;
+        let mut out = Vec::new();
+        for _ in 0..turns {
+            out.push(p.record(events, t, t + busy));
+            t += period.max(busy + p.delay());
+        }
+        (out, t)
+    }
+
+    #[test]
+    fn light_load_adds_nothing() {
+        let mut p = LatencyBudget::new(1000 * US);
+        // A lone closed-loop client: one message per turn, back to back.
+        let (d, t) = feed(&mut p, Instant::now(), 1000, 1, 30 * US, 10 * US);
+        assert!(d.iter().all(|d| d.is_zero()), "{d:?}");
+        // Sparse traffic: one message every 5 ms, and idle turns.
+        let (d, t) = feed(&mut p, t, 100, 1, 5000 * US, 10 * US);
+        assert!(d.iter().all(|d| d.is_zero()), "{d:?}");
+        let (d, _) = feed(&mut p, t, 10, 0, 1000 * 1000 * US, US);
+        assert!(d.iter().all(|d| d.is_zero()), "{d:?}");
+    }
+
+    #[test]
+    fn delay_never_exceeds_the_budget_share() {
+        for budget in [10 * US, 100 * US, 1000 * US, 50_000 * US] {
+            for busy in [US, 20 * US, 300 * US, 2000 * US] {
+                let mut p = LatencyBudget::new(budget);
+                let (d, _) = feed(&mut p, Instant::now(), 200, 500, 10 * US, busy);
+                for d in d {
+                    assert!(d + busy <= budget * SHARE / 100 || d.is_zero(), "{d:?}");
+                    assert!(d <= budget);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grows_under_sustained_load_to_the_ceiling() {
+        let mut p = LatencyBudget::new(1000 * US);
+        let (d, _) = feed(&mut p, Instant::now(), 30, 40, 50 * US, 40 * US);
+        // Non-decreasing, starting from one step, and it gets to the ceiling.
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+        assert_eq!(d[0], 1000 * US / STEP_DIVISOR);
+        assert!(d[0] < d[3], "{d:?}");
+        assert_eq!(*d.last().unwrap(), p.ceiling());
+        assert_eq!(p.ceiling(), 500 * US - 40 * US);
+    }
+
+    #[test]
+    fn falls_back_when_load_drops() {
+        let mut p = LatencyBudget::new(1000 * US);
+        let (_, t) = feed(&mut p, Instant::now(), 30, 40, 50 * US, 20 * US);
+        let high = p.delay();
+        assert!(high > Duration::ZERO);
+        // Load drops to one message per turn: the delay falls every turn,
+        // to zero.
+        let (d, t) = feed(&mut p, t, 10, 1, 0 * US, 20 * US);
+        assert!(d[0] < high);
+        assert!(d.windows(2).all(|w| w[1] < w[0] || w[1].is_zero()), "{d:?}");
+        assert!(d.last().unwrap().is_zero());
+        // Back up, then an idle gap: zero at once.
+        let (_, t) = feed(&mut p, t, 30, 40, 50 * US, 20 * US);
+        assert!(p.delay() > Duration::ZERO);
+        assert_eq!(p.record(40, t + 5000 * US, t + 5020 * US), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_delay_that_overshoots_lowers_the_ceiling() {
+        let mut p = LatencyBudget::new(1000 * US);
+        let (_, t) = feed(&mut p, Instant::now(), 30, 40, 50 * US, 20 * US);
+        assert_eq!(p.delay(), 480 * US);
+        // Each delay lasts 200 µs longer than asked: the delay shrinks so
+        // that delay, overshoot and turn stay within the share.
+        let mut done = t - p.delay();
+        for _ in 0..5 {
+            let woke = done + p.delay() + 200 * US;
+            done = woke + 20 * US;
+            p.record(40, woke, done);
+        }
+        assert_eq!(p.delay(), 280 * US);
+        assert_eq!(p.delay() + 200 * US + 20 * US, 1000 * US * SHARE / 100);
+    }
+
+    #[test]
+    fn a_slow_turn_lowers_the_ceiling_at_once() {
+        let mut p = LatencyBudget::new(1000 * US);
+        let (_, t) = feed(&mut p, Instant::now(), 30, 40, 50 * US, 20 * US);
+        // A turn that took 450 µs: only 50 µs of the 500 µs share is left.
+        let d = p.record(40, t, t + 450 * US);
+        assert!(d <= 50 * US, "{d:?}");
+        // One that took the whole share: no delay at all.
+        let d = p.record(40, t + 500 * US, t + 1100 * US);
+        assert!(d.is_zero(), "{d:?}");
+    }
+}
