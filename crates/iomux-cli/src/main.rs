@@ -47,6 +47,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library reports through the `log` facade; warnings and errors
+    // show by default, as `iomux: ...` lines on stderr (RUST_LOG overrides).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format(|f, record| {
+            use std::io::Write;
+            writeln!(f, "iomux: {}", record.args())
+        })
+        .init();
     let result = match &cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),

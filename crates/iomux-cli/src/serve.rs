@@ -236,7 +236,6 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // through a sigwait thread.
     let loop_catches_signals = model.backend().is_some();
     let config = Config {
-        protocol,
         workers: args.workers,
         max_conns: args.max_conns,
         max_output: args.max_output,
@@ -289,7 +288,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .spawn(move || crate::control::run(c, s))
             .context("starting the control thread")?;
     }
-    iomux::server::serve_loops(model, listeners, &config, &stop, &counters)
+    iomux::server::serve_loops(model, listeners, &config, &stop, &counters, protocol)
         .with_context(|| format!("model {model} failed"))?;
     if !args.control {
         let s = counters.snapshot();

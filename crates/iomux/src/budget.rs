@@ -228,7 +228,7 @@ mod tests {
         assert!(high > Duration::ZERO);
         // Load drops to one message per turn: the delay falls every turn,
         // to zero.
-        let (d, t) = feed(&mut p, t, 10, 1, 0 * US, 20 * US);
+        let (d, t) = feed(&mut p, t, 10, 1, Duration::ZERO, 20 * US);
         assert!(d[0] < high);
         assert!(d.windows(2).all(|w| w[1] < w[0] || w[1].is_zero()), "{d:?}");
         assert!(d.last().unwrap().is_zero());

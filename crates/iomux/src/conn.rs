@@ -44,7 +44,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::protocol::{Action, Handler};
+use crate::protocol::{Action, CloseReason, Handler};
 use crate::server::Counters;
 use crate::sys;
 
@@ -283,9 +283,38 @@ impl<H: Handler> Conn<H> {
         Ok(())
     }
 
-    /// Closes the socket; output never sent stops counting as pending.
-    pub fn close(mut self, counters: &Counters) {
+    /// Asks the handler for its greeting ([`Handler::on_connect`]) and
+    /// sends it: the first thing a driver does with a new connection.
+    ///
+    /// # Errors
+    /// The OS error of `send`.
+    pub fn open(&mut self, scratch_out: &mut Vec<u8>, counters: &Counters) -> io::Result<()> {
+        scratch_out.clear();
+        let action = match self.handler.as_mut() {
+            Some(h) => h.on_connect(scratch_out),
+            None => Action::Continue,
+        };
+        self.respond(scratch_out, action, counters)
+    }
+
+    /// Why a connection that [`is_done`](Self::is_done) ends: the peer's
+    /// EOF, or the handler's [`Action::Close`].
+    pub fn done_reason(&self) -> CloseReason {
+        if self.closing {
+            CloseReason::HandlerClosed
+        } else {
+            CloseReason::PeerClosed
+        }
+    }
+
+    /// Closes the socket and tells the handler why
+    /// ([`Handler::on_close`]; not if it is lent out); output never sent
+    /// stops counting as pending.
+    pub fn close(mut self, counters: &Counters, reason: CloseReason) {
         self.release_pending(counters);
+        if let Some(h) = self.handler.as_mut() {
+            h.on_close(reason);
+        }
     }
 
     /// Forgets the unsent output (it stops counting as pending): for a

@@ -38,9 +38,11 @@
 //!
 //! ```
 //! use std::io::{Read, Write};
+//! use iomux::protocol::Protocol;
 //! use iomux::server::{Config, Model, Server};
 //!
-//! let server = Server::spawn(Model::auto(), "127.0.0.1:0".parse()?, Config::default())?;
+//! let addr = "127.0.0.1:0".parse()?;
+//! let server = Server::spawn(Model::auto(), addr, Config::default(), Protocol::Upper)?;
 //! let mut client = std::net::TcpStream::connect(server.addr())?;
 //! client.write_all(b"hello, iomux")?;
 //! let mut reply = [0; 12];

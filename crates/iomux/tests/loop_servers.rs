@@ -28,11 +28,11 @@ fn first_reply_was_there_when_second_client_was_answered(
     offload_threads: usize,
 ) -> bool {
     let config = Config {
-        protocol: Protocol::SlowUpper(50),
         offload_threads,
         ..Config::default()
     };
-    let server = Server::spawn(model, any_local_address(), config).unwrap();
+    let slow = Protocol::SlowUpper(50);
+    let server = Server::spawn(model, any_local_address(), config, slow).unwrap();
     let counters: ServerCounters = server.counters().clone();
     let a_msg = b"a\n".repeat(10);
     let mut a = connect(server.addr());
@@ -90,7 +90,7 @@ fn offload_keeps_each_connection_in_order_under_load() {
         offload_threads: 3,
         ..Config::default()
     };
-    let server = Server::spawn(Model::Epoll, any_local_address(), config).unwrap();
+    let server = Server::spawn(Model::Epoll, any_local_address(), config, Protocol::Upper).unwrap();
     let addr = server.addr();
     let clients: Vec<_> = (0..8)
         .map(|i| {
@@ -129,7 +129,7 @@ fn idle_connections_are_closed_and_active_ones_kept() {
             idle_timeout: Some(Duration::from_millis(800)),
             ..Config::default()
         };
-        let server = Server::spawn(model, any_local_address(), config).unwrap();
+        let server = Server::spawn(model, any_local_address(), config, Protocol::Upper).unwrap();
         let mut idle = connect(server.addr());
         let mut active = connect(server.addr());
         // The active client talks every 50 ms for twice the timeout.
@@ -161,7 +161,7 @@ fn stop_drains_produced_output_then_closes() {
             drain_timeout: GENEROUS,
             ..Config::default()
         };
-        let server = Server::spawn(model, any_local_address(), config).unwrap();
+        let server = Server::spawn(model, any_local_address(), config, Protocol::Upper).unwrap();
         let counters = server.counters().clone();
         // A client that sends a lot and does not read yet: output piles up.
         let mut hog = connect(server.addr());

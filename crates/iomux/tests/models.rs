@@ -5,6 +5,11 @@
 //! and for every model that waits for events with a latency budget
 //! ([`Config::latency_budget`]).
 //!
+//! Each instance runs twice: once with the built-in `upper` protocol, once
+//! with [`LocalUpper`], a handler defined here, in the test, the way a user
+//! of the library writes one. Every instance also checks the lifecycle
+//! hooks with [`Greeter`].
+//!
 //! Where a model cannot meet a check by design, the check asserts the
 //! behaviour the model has instead, with the reason next to it: iterative
 //! `blocking` serves one client at a time, so "concurrent" clients are
@@ -15,14 +20,16 @@ mod util;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use iomux::protocol::Protocol;
+use iomux::protocol::{Action, CloseReason, Handler, Protocol};
 use iomux::server::{Config, Model, Server};
 use util::{any_local_address, Rng, GENEROUS};
 
-/// What a suite instance serves with: a model, and its loops.
+/// What a suite instance serves with: a model, its loops, and whose
+/// handler.
 #[derive(Copy, Clone, Debug)]
 struct Case {
     model: Model,
@@ -31,17 +38,41 @@ struct Case {
     batch_wait_us: u64,
     /// [`Config::latency_budget`] in microseconds; 0: none.
     budget_us: u64,
+    /// Serve [`LocalUpper`] (defined in this file) instead of the
+    /// built-in [`Protocol::Upper`].
+    local: bool,
 }
 
-fn start(case: Case, config: Config) -> Server {
-    let config = Config {
+/// The `upper` protocol written in the test, as a user of the library
+/// would: the framework must serve a handler it has never seen.
+struct LocalUpper;
+
+impl Handler for LocalUpper {
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Action {
+        out.extend(input.iter().map(|b| b.to_ascii_uppercase()));
+        Action::Continue
+    }
+}
+
+fn config_for(case: Case, config: Config) -> Config {
+    Config {
         threads: case.threads,
         uring_batch_wait: (case.batch_wait_us > 0)
             .then(|| Duration::from_micros(case.batch_wait_us)),
         latency_budget: (case.budget_us > 0).then(|| Duration::from_micros(case.budget_us)),
         ..config
+    }
+}
+
+fn start(case: Case, config: Config) -> Server {
+    let config = config_for(case, config);
+    let addr = any_local_address();
+    let server = if case.local {
+        Server::spawn(case.model, addr, config, || LocalUpper)
+    } else {
+        Server::spawn(case.model, addr, config, Protocol::Upper)
     };
-    Server::spawn(case.model, any_local_address(), config).expect("server starts on 127.0.0.1:0")
+    server.expect("server starts on 127.0.0.1:0")
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -327,6 +358,120 @@ fn stops_cleanly(case: Case) {
     assert!(util::wait_until(|| util::sockets_on_local_port(port) == 0));
 }
 
+/// Greets, upper-cases, closes on a line that starts with `bye`, and
+/// records why each connection ended.
+struct Greeter {
+    closed: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Handler for Greeter {
+    fn on_connect(&mut self, out: &mut Vec<u8>) -> Action {
+        out.extend_from_slice(b"hi\n");
+        Action::Continue
+    }
+
+    fn on_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Action {
+        out.extend(input.iter().map(|b| b.to_ascii_uppercase()));
+        if input.starts_with(b"bye") {
+            Action::Close
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_close(&mut self, reason: CloseReason) {
+        self.closed.lock().unwrap().push(reason);
+    }
+}
+
+/// The hooks: every connection is greeted before anything else it
+/// receives, and the handler hears why each one ended, once: the peer's
+/// EOF, its own close, a reset, and (where the model closes its
+/// connections on stop) the server's stop.
+fn hooks_greet_and_report_every_close(case: Case) {
+    let model = case.model;
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let factory = {
+        let closed = closed.clone();
+        move || Greeter {
+            closed: closed.clone(),
+        }
+    };
+    let config = config_for(case, Config::default());
+    let server = Server::spawn(model, any_local_address(), config, factory).unwrap();
+    let addr = server.addr();
+    let greeted = |s: &mut TcpStream| {
+        let mut hi = [0u8; 3];
+        s.read_exact(&mut hi).unwrap();
+        assert_eq!(&hi, b"hi\n", "the greeting comes first");
+    };
+    let counters = server.counters().clone();
+    let wait_closed = |n: usize| {
+        assert!(
+            util::wait_until(|| closed.lock().unwrap().len() >= n && counters.active() == 0),
+            "{n} closes expected: {:?}",
+            closed.lock().unwrap()
+        );
+    };
+
+    // The peer closes: its last reply, then EOF, then on_close(PeerClosed).
+    let mut s = connect(addr);
+    greeted(&mut s);
+    assert_eq!(round_trip(&mut s, b"abc"), b"ABC");
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    drop(s);
+    wait_closed(1);
+
+    // The handler closes: the reply to "bye" arrives whole, then EOF.
+    let mut s = connect(addr);
+    greeted(&mut s);
+    s.write_all(b"bye now").unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"BYE NOW");
+    drop(s);
+    wait_closed(2);
+
+    // The peer resets.
+    let mut s = connect(addr);
+    greeted(&mut s);
+    util::set_linger_zero(&s);
+    drop(s);
+    wait_closed(3);
+    assert_eq!(
+        *closed.lock().unwrap(),
+        [
+            CloseReason::PeerClosed,
+            CloseReason::HandlerClosed,
+            CloseReason::Reset
+        ]
+    );
+
+    // The server stops with a client connected. The thread models leave
+    // each connection to its thread, which ends with its client.
+    let mut s = connect(addr);
+    greeted(&mut s);
+    assert!(util::wait_until(|| counters.active() == 1));
+    let reader = thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // EOF (or a reset) once stopped
+    });
+    let closes_on_stop = !matches!(model, Model::Blocking | Model::Threaded | Model::Pool);
+    if closes_on_stop {
+        server.shutdown().unwrap();
+        reader.join().unwrap();
+        let reasons = closed.lock().unwrap();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert_eq!(reasons[3], CloseReason::ServerStop);
+    } else {
+        drop(server);
+        drop(reader); // detached: the client's socket stays with it
+    }
+}
+
 /// Whether `model` can run here; if not, prints why (the test is skipped:
 /// io_uring may be missing, disabled by sysctl, or filtered by seccomp).
 fn available(case: Case) -> bool {
@@ -349,7 +494,9 @@ fn available(case: Case) -> bool {
 macro_rules! conformance {
     (@or_default $d:literal) => { $d };
     (@or_default $d:literal $n:literal) => { $n };
-    ($($name:ident => $model:expr $(, $threads:literal loops)? $(, wait $us:literal us)? $(, budget $b:literal us)?);* $(;)?) => {$(
+    (@local) => { false };
+    (@local local) => { true };
+    ($($name:ident => $model:expr $(, $threads:literal loops)? $(, wait $us:literal us)? $(, budget $b:literal us)? $(, by $local:ident)?);* $(;)?) => {$(
         mod $name {
             use super::*;
             const CASE: Case = Case {
@@ -357,7 +504,9 @@ macro_rules! conformance {
                 threads: conformance!(@or_default 1 $($threads)?),
                 batch_wait_us: conformance!(@or_default 0 $($us)?),
                 budget_us: conformance!(@or_default 0 $($b)?),
+                local: conformance!(@local $($local)?),
             };
+            #[test] fn hooks_greet_and_report_every_close() { if available(CASE) { super::hooks_greet_and_report_every_close(CASE) } }
             #[test] fn data_integrity() { if available(CASE) { super::data_integrity(CASE) } }
             #[test] fn many_clients() { if available(CASE) { super::many_clients(CASE) } }
             #[test] fn half_close() { if available(CASE) { super::half_close(CASE) } }
@@ -393,4 +542,14 @@ conformance! {
     coroutine_budget => Model::Coroutine, budget 1000 us;
     uring_budget => Model::Uring, budget 1000 us;
     epoll_2_loops_budget => Model::Epoll, 2 loops, budget 1000 us;
+    blocking_local => Model::Blocking, by local;
+    threaded_local => Model::Threaded, by local;
+    pool_local => Model::Pool, by local;
+    busy_poll_local => Model::BusyPoll, by local;
+    select_local => Model::Select, by local;
+    poll_local => Model::Poll, by local;
+    epoll_local => Model::Epoll, by local;
+    coroutine_local => Model::Coroutine, by local;
+    uring_local => Model::Uring, by local;
+    epoll_2_loops_local => Model::Epoll, 2 loops, by local;
 }

@@ -8,6 +8,7 @@ use std::io;
 use std::net::TcpListener;
 use std::sync::mpsc;
 
+use iomux::protocol::Protocol;
 use iomux::server::{self, Config, Model, Server, ServerCounters, Stop};
 use util::{any_local_address, GENEROUS};
 
@@ -22,7 +23,7 @@ fn only_the_loop_models_take_threads() {
             eprintln!("uring skipped: {}", iomux::uring::probe().unwrap_err());
             continue;
         }
-        match Server::spawn(model, any_local_address(), config) {
+        match Server::spawn(model, any_local_address(), config, Protocol::Upper) {
             Ok(server) => {
                 assert!(model.supports_threads(), "{model} took 2 threads");
                 assert_eq!(server.counters().loops().len(), 2);
@@ -75,13 +76,28 @@ fn serve_runs_one_loop_and_serve_loops_wants_one_listener_each() {
     let stop = Stop::new().unwrap();
     let listener = TcpListener::bind(any_local_address()).unwrap();
     let counters = ServerCounters::new(2);
-    let err =
-        server::serve(Model::Epoll, listener, &config, &stop, &counters.loops()[0]).unwrap_err();
+    let err = server::serve(
+        Model::Epoll,
+        listener,
+        &config,
+        &stop,
+        &counters.loops()[0],
+        Protocol::Upper,
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("serve_loops"), "{err}");
     // Two threads, one listener.
     let one = server::bind_loops(any_local_address(), 1).unwrap();
-    let err = server::serve_loops(Model::Epoll, one, &config, &stop, &counters).unwrap_err();
+    let err = server::serve_loops(
+        Model::Epoll,
+        one,
+        &config,
+        &stop,
+        &counters,
+        Protocol::Upper,
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
 
@@ -101,7 +117,14 @@ fn a_loop_that_fails_stops_the_others() {
     std::thread::spawn(move || {
         let stop = Stop::new().unwrap();
         let counters = ServerCounters::new(2);
-        let res = server::serve_loops(Model::Epoll, vec![good, bad], &config, &stop, &counters);
+        let res = server::serve_loops(
+            Model::Epoll,
+            vec![good, bad],
+            &config,
+            &stop,
+            &counters,
+            Protocol::Upper,
+        );
         let _ = tx.send((res, stop.is_stopped()));
     });
     let (res, stopped) = rx

@@ -621,7 +621,7 @@ impl<C> Reactor<C> {
         };
         match &mut self.stall_hook {
             Some(hook) => hook(&stall),
-            None if !logged => eprintln!("iomux: {stall}"),
+            None if !logged => log::warn!("{stall}"),
             None => {}
         }
     }

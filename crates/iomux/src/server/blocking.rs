@@ -33,28 +33,32 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Config, Counters, Reserve, Stop};
-use crate::protocol::{Action, Handler};
+use super::{Acceptor, Config, Counters, Stop};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut buf = vec![0; config.read_chunk];
-    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
-    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
-        serve_conn(stream, config, counters, &mut buf);
+    let mut acceptor = Acceptor::new(config)?;
+    // One connection at a time: `max_conns` has nothing to bound.
+    while let Some(stream) = accept(&listener, stop, counters, &mut acceptor, || 0)? {
+        serve_conn(stream, factory.new_handler(), counters, &mut buf);
         Counters::add(&counters.closed, 1);
     }
     Ok(())
 }
 
 /// Waits, without spinning, for the next connection on a non-blocking
-/// `listener` and accepts it (counted in `accepted`). Returns `None` once
-/// `stop` is given. Accept errors are counted and backed off, never returned.
+/// `listener` (polled together with the [`Stop`]) and accepts it with the
+/// [`Acceptor`], which counts, refuses past `max_conns` (with `live`
+/// connections served) and backs off after errors. Returns `None` once
+/// `stop` is given.
 ///
 /// # Errors
 /// Only `poll`'s own failure, from [`Stop::wait_readable`].
@@ -62,42 +66,40 @@ pub(super) fn accept(
     listener: &TcpListener,
     stop: &Stop,
     counters: &Counters,
-    reserve: &mut Reserve,
+    acceptor: &mut Acceptor,
+    live: impl Fn() -> usize,
 ) -> io::Result<Option<TcpStream>> {
-    loop {
-        if stop.wait_readable(listener.as_raw_fd())? {
-            return Ok(None);
-        }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                Counters::add(&counters.accepted, 1);
-                return Ok(Some(stream));
-            }
-            // WouldBlock (the connection vanished) goes straight back to
-            // the poll; anything else is counted and backed off.
-            Err(e) => {
-                super::accept_failed(&e, listener.as_raw_fd(), reserve, counters);
-            }
-        }
-    }
+    let fd = listener.as_raw_fd();
+    acceptor.next_blocking(fd, live, counters, || {
+        stop.wait_readable(fd).map(|stopped| !stopped)
+    })
 }
 
 /// Serves one connection to completion with blocking calls, reading into
-/// `buf`, then closes it.
+/// `buf`, then closes it and tells the handler why.
 ///
 /// Every error ends this connection only: a reset or broken pipe is counted
 /// in `resets`, anything else just closes. The caller counts `closed` once
 /// it has released whatever slot the connection held: the socket is closed
 /// by the time this returns.
-pub(super) fn serve_conn(stream: TcpStream, config: &Config, counters: &Counters, buf: &mut [u8]) {
-    let mut handler = config.protocol.handler();
+pub(super) fn serve_conn<H: Handler>(
+    stream: TcpStream,
+    mut handler: H,
+    counters: &Counters,
+    buf: &mut [u8],
+) {
     let mut out = Vec::new();
-    if let Err(e) = converse(&stream, &mut handler, &mut out, buf, counters) {
-        if super::is_peer_gone(&e) {
-            Counters::add(&counters.resets, 1);
+    let reason = match converse(&stream, &mut handler, &mut out, buf, counters) {
+        Ok(reason) => reason,
+        Err(e) => {
+            if super::is_peer_gone(&e) {
+                Counters::add(&counters.resets, 1);
+            }
+            CloseReason::of_error(&e)
         }
-    }
+    };
     drop(stream);
+    handler.on_close(reason);
 }
 
 /// The read / reply loop of one connection; returns when the peer's EOF or
@@ -108,11 +110,16 @@ fn converse(
     out: &mut Vec<u8>,
     buf: &mut [u8],
     counters: &Counters,
-) -> io::Result<()> {
-    // On Linux an accepted socket never inherits O_NONBLOCK; elsewhere it
-    // may inherit it from the non-blocking listener.
+) -> io::Result<CloseReason> {
+    // Accepted sockets come non-blocking (accept4's SOCK_NONBLOCK): this
+    // model blocks in `recv` on purpose.
     stream.set_nonblocking(false)?;
     let fd = stream.as_raw_fd();
+    let action = handler.on_connect(out);
+    send_all(fd, out, counters)?;
+    if action == Action::Close {
+        return Ok(CloseReason::HandlerClosed);
+    }
     loop {
         Counters::add(&counters.recv_calls, 1);
         let n = match crate::sys::recv(fd, buf) {
@@ -122,13 +129,14 @@ fn converse(
         };
         if n == 0 {
             handler.on_eof(out);
-            return send_all(fd, out, counters);
+            send_all(fd, out, counters)?;
+            return Ok(CloseReason::PeerClosed);
         }
         Counters::add(&counters.bytes_in, n as u64);
         let action = handler.on_data(&buf[..n], out);
         send_all(fd, out, counters)?;
         if action == Action::Close {
-            return Ok(());
+            return Ok(CloseReason::HandlerClosed);
         }
     }
 }

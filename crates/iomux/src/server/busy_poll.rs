@@ -36,50 +36,50 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{is_peer_gone, Config, Counters, Reserve, Stop, ACCEPT_BACKOFF};
+use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::Conn;
-use crate::protocol::Builtin;
+use crate::protocol::{CloseReason, Factory, Handler};
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let mut conns: Vec<Conn<Builtin>> = Vec::new();
+    let mut conns: Vec<Conn<F::Handler>> = Vec::new();
     let mut scratch = vec![0; config.read_chunk];
     let mut scratch_out = Vec::with_capacity(config.read_chunk);
-    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    let mut acceptor = Acceptor::new(config)?;
     // Accepting pauses after an accept error; the connections do not.
     let mut paused_until: Option<Instant> = None;
     loop {
         if stop.is_stopped() {
             let n = conns.len() as u64;
             for conn in conns.drain(..) {
-                conn.close(counters);
+                conn.close(counters, CloseReason::ServerStop);
             }
             Counters::add(&counters.closed, n);
             return Ok(());
         }
         if paused_until.is_none_or(|t| Instant::now() >= t) {
-            paused_until = accept_all(&listener, &mut conns, &mut reserve, config, counters)
-                .then(|| Instant::now() + ACCEPT_BACKOFF);
+            let paused = accept_all(&listener, &mut conns, &mut acceptor, &factory, counters);
+            paused_until = paused.then(|| Instant::now() + ACCEPT_BACKOFF);
         }
         let before = conns.len();
         let mut i = 0;
         while i < conns.len() {
-            if step(
+            match step(
                 &mut conns[i],
                 &mut scratch,
                 &mut scratch_out,
                 config,
                 counters,
             ) {
-                i += 1;
-            } else {
+                None => i += 1,
                 // Finished: close it; the order of the others does not matter.
-                conns.swap_remove(i).close(counters);
+                Some(reason) => conns.swap_remove(i).close(counters, reason),
             }
         }
         Counters::add(&counters.closed, (before - conns.len()) as u64);
@@ -90,52 +90,44 @@ pub(super) fn serve(
 /// (counted): accepting must pause for [`ACCEPT_BACKOFF`]. The kernel takes
 /// the new fd before it looks for a connection, so out of fds `accept`
 /// fails at once even with nobody waiting, and this loop, which does not
-/// wait for readiness, would fail on every turn. With
-/// [`FdExhaustion::ReserveFd`](super::FdExhaustion::ReserveFd) the waiting
-/// clients are turned away first.
-fn accept_all(
+/// wait for readiness, would fail on every turn.
+fn accept_all<F: Factory>(
     listener: &TcpListener,
-    conns: &mut Vec<Conn<Builtin>>,
-    reserve: &mut Reserve,
-    config: &Config,
+    conns: &mut Vec<Conn<F::Handler>>,
+    acceptor: &mut Acceptor,
+    factory: &F,
     counters: &Counters,
 ) -> bool {
     loop {
-        match crate::sys::accept_nonblocking(listener.as_raw_fd()) {
-            Ok(stream) => {
-                Counters::add(&counters.accepted, 1);
-                if conns.len() >= config.max_conns {
-                    drop(stream);
-                    Counters::add(&counters.refused, 1);
-                } else {
-                    let _ = stream.set_nodelay(true);
-                    conns.push(Conn::new(stream, config.protocol.handler()));
+        match acceptor.accept(listener.as_raw_fd(), conns.len(), counters) {
+            Accepted::Conn(stream) => {
+                let mut conn = Conn::new(stream, factory.new_handler());
+                let mut greeting = Vec::new();
+                match conn.open(&mut greeting, counters) {
+                    Ok(()) => conns.push(conn),
+                    Err(e) => {
+                        Counters::add(&counters.closed, 1);
+                        conn.close(counters, CloseReason::of_error(&e));
+                    }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                Counters::add(&counters.accept_errors, 1);
-            }
-            Err(e) => {
-                Counters::add(&counters.accept_errors, 1);
-                reserve.turn_away(&e, listener.as_raw_fd(), counters);
-                return true;
-            }
+            Accepted::Again => {}
+            Accepted::Empty => return false,
+            Accepted::TurnedAway | Accepted::Exhausted(_) => return true,
         }
     }
 }
 
 /// One iteration's I/O for one connection: a try-`recv` unless reading is
 /// over or paused by backpressure (a reply is sent at once), then a
-/// try-`send` of output still pending. `false` once it is finished.
-fn step(
-    conn: &mut Conn<Builtin>,
+/// try-`send` of output still pending. `Some(reason)` once it is finished.
+fn step<H: Handler>(
+    conn: &mut Conn<H>,
     scratch: &mut [u8],
     scratch_out: &mut Vec<u8>,
     config: &Config,
     counters: &Counters,
-) -> bool {
+) -> Option<CloseReason> {
     let mut res = Ok(());
     if conn.wants_read(config.max_output) {
         res = conn.on_readable(scratch, scratch_out, counters).map(drop);
@@ -144,12 +136,12 @@ fn step(
         res = conn.on_writable(counters);
     }
     match res {
-        Ok(()) => !conn.is_done(),
+        Ok(()) => conn.is_done().then(|| conn.done_reason()),
         Err(e) => {
             if is_peer_gone(&e) {
                 Counters::add(&counters.resets, 1);
             }
-            false
+            Some(CloseReason::of_error(&e))
         }
     }
 }

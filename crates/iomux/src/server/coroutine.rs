@@ -23,13 +23,12 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use super::readiness::READS_PER_TURN;
-use super::{is_peer_gone, Config, Counters, Reserve, Stop, ACCEPT_BACKOFF};
+use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::{Conn, ReadState};
-use crate::protocol::Builtin;
+use crate::protocol::{CloseReason, Factory, Handler};
 use crate::reactor::task::{self, Async, Runtime};
 use crate::reactor::Options;
 use crate::selector::Backend;
-use crate::sys;
 
 /// Accepts per wake-up of the accept task, so a connection flood cannot
 /// starve the connections already served.
@@ -47,11 +46,12 @@ impl AsRawFd for FdRef {
     }
 }
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     let mut rt = Runtime::new(Options {
         backend: Backend::recommended(),
@@ -64,7 +64,7 @@ pub(super) fn serve(
         rt.reactor().on_stall(move |stall| {
             Counters::add(&counters.stalls, 1);
             if !std::mem::replace(&mut logged, true) {
-                eprintln!("iomux: {stall}");
+                log::warn!("{stall}");
             }
         });
     }
@@ -74,18 +74,25 @@ pub(super) fn serve(
             counters.record_selector(r.selector_stats());
         });
     }
-    let accept = accept_loop(listener, *config, FdRef(stop.fd()), counters.clone());
+    let accept = accept_loop(
+        listener,
+        *config,
+        FdRef(stop.fd()),
+        counters.clone(),
+        factory,
+    );
     let res = rt.block_on(accept);
     // Dropping the runtime drops every connection task: each closes.
     drop(rt);
     res?
 }
 
-async fn accept_loop(
+async fn accept_loop<F: Factory>(
     listener: TcpListener,
     config: Config,
     stop: FdRef,
     counters: Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     let listener = Async::new(listener)?;
     let stop = Async::new(stop)?;
@@ -94,7 +101,8 @@ async fn accept_loop(
         Vec::with_capacity(config.read_chunk),
     )));
     let live = Rc::new(Cell::new(0usize));
-    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
+    let mut acceptor = Acceptor::new(&config)?;
+    let lfd = listener.get_ref().as_raw_fd();
     loop {
         let accept = poll_fn(|cx| {
             if stop.poll_readable(cx).is_ready() {
@@ -112,40 +120,25 @@ async fn accept_loop(
         let mut backoff = false;
         let mut drained = false;
         for _ in 0..ACCEPTS_PER_WAKE {
-            match sys::accept_nonblocking(listener.get_ref().as_raw_fd()) {
-                Ok(stream) => {
-                    Counters::add(&counters.accepted, 1);
-                    if live.get() >= config.max_conns {
-                        Counters::add(&counters.refused, 1);
-                        continue; // dropping `stream` closes it
-                    }
+            match acceptor.accept(lfd, live.get(), &counters) {
+                Accepted::Conn(stream) => {
                     live.set(live.get() + 1);
                     let guard = Guard {
                         counters: counters.clone(),
                         live: live.clone(),
                     };
-                    task::spawn(connection(stream, config, scratch.clone(), guard));
+                    let handler = factory.new_handler();
+                    task::spawn(connection(stream, handler, config, scratch.clone(), guard));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Accepted::Again => {}
+                Accepted::Empty | Accepted::TurnedAway => {
                     listener.clear_readable();
                     drained = true;
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                    Counters::add(&counters.accept_errors, 1);
-                }
-                Err(e) => {
-                    // EMFILE and the like: retrying now fails the same way.
-                    // Turn the waiting clients away, or pause.
-                    Counters::add(&counters.accept_errors, 1);
-                    let lfd = listener.get_ref().as_raw_fd();
-                    if reserve.turn_away(&e, lfd, &counters) {
-                        listener.clear_readable();
-                        drained = true;
-                    } else {
-                        backoff = true;
-                    }
+                // Out of fds: retrying now fails the same way.
+                Accepted::Exhausted(_) => {
+                    backoff = true;
                     break;
                 }
             }
@@ -173,51 +166,70 @@ impl Drop for Guard {
 }
 
 /// Owns the connection so that, however the task ends, its unsent output
-/// stops counting as pending.
-struct Owned {
-    conn: Async<Conn<Builtin>>,
+/// stops counting as pending and the handler hears why it ended (the
+/// server's stop, if the task is dropped before it finishes).
+struct Owned<H: Handler> {
+    conn: Async<Conn<H>>,
     counters: Arc<Counters>,
+    reason: CloseReason,
 }
 
-impl Drop for Owned {
+impl<H: Handler> Drop for Owned<H> {
     fn drop(&mut self) {
-        self.conn.get_mut().release_pending(&self.counters);
+        let conn = self.conn.get_mut();
+        conn.release_pending(&self.counters);
+        if let Some(mut h) = conn.take_handler() {
+            h.on_close(self.reason);
+        }
     }
 }
 
-async fn connection(stream: TcpStream, config: Config, scratch: Scratch, guard: Guard) {
-    // Replies are whole messages: don't let Nagle hold them.
-    let _ = stream.set_nodelay(true);
+async fn connection<H: Handler>(
+    stream: TcpStream,
+    handler: H,
+    config: Config,
+    scratch: Scratch,
+    guard: Guard,
+) {
     let counters = guard.counters.clone();
-    let conn = match Async::new(Conn::new(stream, config.protocol.handler())) {
+    let conn = match Async::new(Conn::new(stream, handler)) {
         Ok(conn) => conn,
         Err(_) => return,
     };
     let mut c = Owned {
         conn,
         counters: counters.clone(),
+        reason: CloseReason::ServerStop,
     };
-    if let Err(e) = serve_connection(&mut c.conn, &config, &scratch, &counters).await {
-        if is_peer_gone(&e) {
-            Counters::add(&counters.resets, 1);
+    c.reason = match serve_connection(&mut c.conn, &config, &scratch, &counters).await {
+        Ok(reason) => reason,
+        Err(e) => {
+            if is_peer_gone(&e) {
+                Counters::add(&counters.resets, 1);
+            }
+            CloseReason::of_error(&e)
         }
-    }
+    };
     drop(c);
     drop(guard);
 }
 
-async fn serve_connection(
-    conn: &mut Async<Conn<Builtin>>,
+async fn serve_connection<H: Handler>(
+    conn: &mut Async<Conn<H>>,
     config: &Config,
     scratch: &Scratch,
     counters: &Counters,
-) -> io::Result<()> {
+) -> io::Result<CloseReason> {
     let max_output = config.max_output;
+    {
+        let mut bufs = scratch.borrow_mut();
+        conn.get_mut().open(&mut bufs.1, counters)?;
+    }
     loop {
         let (want_read, want_write) = {
             let c = conn.get_ref();
             if c.is_done() {
-                return Ok(());
+                return Ok(c.done_reason());
             }
             (c.wants_read(max_output), c.wants_write())
         };

@@ -45,7 +45,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 
-use super::{serve as serve_one, Config, Model, ServerCounters, Stop};
+use super::{serve as serve_one, Config, Factory, Model, ServerCounters, Stop};
 use crate::reactor::{Options, Reactor};
 use crate::selector::{Interest, Mode};
 use crate::sys;
@@ -110,12 +110,13 @@ fn bind_group(_: SocketAddr, _: usize) -> io::Result<Vec<TcpListener>> {
 /// As [`serve`](super::serve): the first loop's error, in listener order;
 /// also `InvalidInput` if `config.threads`, the listeners and the
 /// counters' loops are not as many, or `model` runs one loop only.
-pub fn serve_loops(
+pub fn serve_loops<F: Factory>(
     model: Model,
     listeners: Vec<TcpListener>,
     config: &Config,
     stop: &Stop,
     counters: &ServerCounters,
+    factory: F,
 ) -> io::Result<()> {
     config.validate_for(model)?;
     let n = listeners.len();
@@ -131,7 +132,7 @@ pub fn serve_loops(
     }
     if n == 1 {
         let listener = listeners.into_iter().next().expect("one listener");
-        return serve_one(model, listener, config, stop, &counters.loops()[0]);
+        return serve_one(model, listener, config, stop, &counters.loops()[0], factory);
     }
     // Watching signals can fail (another loop of the process has them):
     // find out before any loop starts.
@@ -147,11 +148,11 @@ pub fn serve_loops(
     };
     let mut threads = Vec::with_capacity(n);
     for (i, (listener, counters)) in listeners.into_iter().zip(counters.loops()).enumerate() {
-        let (loop_stop, counters) = (stop.clone(), counters.clone());
+        let (loop_stop, counters, factory) = (stop.clone(), counters.clone(), factory.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("iomux-{model}-{i}"))
             .spawn(move || {
-                let res = serve_one(model, listener, &one, &loop_stop, &counters);
+                let res = serve_one(model, listener, &one, &loop_stop, &counters, factory);
                 // A loop returns once stopped, or on a failure: then the
                 // others must not go on serving without it.
                 loop_stop.stop();
@@ -192,8 +193,8 @@ fn watch_signals(stop: &Stop, config: &Config, loops: usize) -> io::Result<React
     for signo in [libc::SIGINT, libc::SIGTERM] {
         let stop = stop.clone();
         r.add_signal(signo, move |r, _, signo| {
-            eprintln!(
-                "iomux: {} received: draining {loops} loops (at most {} ms); a second signal ends the process",
+            log::warn!(
+                "{} received: draining {loops} loops (at most {} ms); a second signal ends the process",
                 sys::signal::name(signo),
                 drain.as_millis()
             );

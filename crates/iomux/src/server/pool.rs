@@ -29,25 +29,28 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::blocking::{accept, serve_conn};
 use super::threaded::STACK_SIZE;
-use super::Reserve;
-use super::{Config, Counters, Stop};
+use super::{Acceptor, Config, Counters, Stop};
+use crate::protocol::{Factory, Handler};
 
 /// The queue's receiving side, shared by the workers: one of them at a time
-/// waits on it, the others wait for the lock.
-type Queue = Arc<Mutex<Receiver<TcpStream>>>;
+/// waits on it, the others wait for the lock. Each connection comes with
+/// the handler the acceptor made for it.
+type Queue<H> = Arc<Mutex<Receiver<(TcpStream, H)>>>;
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let (queue, rx) = mpsc::sync_channel(config.max_conns);
     start_workers(&Arc::new(Mutex::new(rx)), config, counters)?;
-    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
-    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
-        enqueue(&queue, stream, counters)?;
+    let mut acceptor = Acceptor::new(config)?;
+    // The queue bounds what waits: `enqueue` refuses when it is full.
+    while let Some(stream) = accept(&listener, stop, counters, &mut acceptor, || 0)? {
+        enqueue(&queue, (stream, factory.new_handler()), counters)?;
     }
     Ok(())
 }
@@ -55,7 +58,11 @@ pub(super) fn serve(
 /// Starts the `workers` threads. If one cannot be created, the ones already
 /// started exit (the sending side is dropped by the caller) and the error is
 /// returned: a pool without its workers cannot serve.
-fn start_workers(queue: &Queue, config: &Config, counters: &Arc<Counters>) -> io::Result<()> {
+fn start_workers<H: Handler>(
+    queue: &Queue<H>,
+    config: &Config,
+    counters: &Arc<Counters>,
+) -> io::Result<()> {
     for i in 0..config.workers {
         let (queue, config, counters) = (Arc::clone(queue), *config, Arc::clone(counters));
         std::thread::Builder::new()
@@ -68,15 +75,15 @@ fn start_workers(queue: &Queue, config: &Config, counters: &Arc<Counters>) -> io
 
 /// A worker: serves queued connections one after the other until the queue
 /// is closed and empty.
-fn work(queue: &Queue, config: &Config, counters: &Counters) {
+fn work<H: Handler>(queue: &Queue<H>, config: &Config, counters: &Counters) {
     let mut buf = vec![0; config.read_chunk];
     loop {
         // The lock is held only while waiting, released before serving.
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(stream) = next else {
+        let Ok((stream, handler)) = next else {
             return;
         };
-        serve_conn(stream, config, counters, &mut buf);
+        serve_conn(stream, handler, counters, &mut buf);
         Counters::add(&counters.closed, 1);
     }
 }
@@ -86,12 +93,12 @@ fn work(queue: &Queue, config: &Config, counters: &Counters) {
 /// # Errors
 /// Every worker is gone (only a panic in one ends it while the queue is
 /// open): the pool cannot serve any more.
-fn enqueue(
-    queue: &SyncSender<TcpStream>,
-    stream: TcpStream,
+fn enqueue<H>(
+    queue: &SyncSender<(TcpStream, H)>,
+    conn: (TcpStream, H),
     counters: &Counters,
 ) -> io::Result<()> {
-    match queue.try_send(stream) {
+    match queue.try_send(conn) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(stream)) => {
             drop(stream);

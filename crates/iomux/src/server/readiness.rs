@@ -57,9 +57,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{is_peer_gone, Config, Counters, FdExhaustion, Reserve, Stop, ACCEPT_BACKOFF};
+use super::{
+    is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
+};
 use crate::conn::{Conn, Input, ReadState};
-use crate::protocol::{Action, Builtin, Handler};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
 use crate::reactor::{IoId, Options, Reactor, TimerId};
 use crate::selector::{Backend, Event, Interest, Mode, SelectorError};
 use crate::sys;
@@ -74,8 +76,8 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// streams fast cannot keep the loop from the others.
 pub const READS_PER_TURN: usize = 16;
 
-struct Slot {
-    conn: Conn<Builtin>,
+struct Slot<H> {
+    conn: Conn<H>,
     io: IoId,
     /// Tells this connection from a later one that reuses its key, for
     /// timers and offload results that outlive it.
@@ -101,7 +103,7 @@ struct Slot {
     lingering: bool,
 }
 
-impl Slot {
+impl<H: Handler> Slot<H> {
     /// Up to `reads` reads while input may be waiting and output has room.
     fn read_some(
         &mut self,
@@ -126,17 +128,17 @@ impl Slot {
 }
 
 /// The loop's state: what every callback is given.
-struct Server {
+struct Server<F: Factory> {
     config: Config,
+    factory: F,
     counters: Arc<Counters>,
     listener: Option<TcpListener>,
     listener_io: Option<IoId>,
     stop_io: Option<IoId>,
     /// The listener is paused until this timer fires.
     accept_paused: Option<TimerId>,
-    /// The spare fd of [`FdExhaustion::ReserveFd`].
-    reserve: Reserve,
-    conns: Slab<Slot>,
+    acceptor: Acceptor,
+    conns: Slab<Slot<F::Handler>>,
     next_serial: u64,
     /// The one input buffer of the loop.
     scratch: Vec<u8>,
@@ -152,14 +154,18 @@ struct Server {
     /// Connections whose input waits for room in the offload queue.
     parked: VecDeque<(usize, u64)>,
     draining: bool,
+    /// Connections closed while their handler was on the offload pool, by
+    /// serial: the handler is told why when its job comes back.
+    orphans: Vec<(u64, CloseReason)>,
 }
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     backend: Backend,
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let options = Options {
@@ -170,14 +176,14 @@ pub(super) fn serve(
         latency_budget: config.latency_budget,
         ..Options::default()
     };
-    let mut reactor: Reactor<Server> = Reactor::new(options)?;
+    let mut reactor: Reactor<Server<F>> = Reactor::new(options)?;
     let counters_for_stalls = counters.clone();
     reactor.on_stall({
         let mut logged = false;
         move |stall| {
             Counters::add(&counters_for_stalls.stalls, 1);
             if !std::mem::replace(&mut logged, true) {
-                eprintln!("iomux: {stall}");
+                log::warn!("{stall}");
             }
         }
     });
@@ -185,14 +191,14 @@ pub(super) fn serve(
         listener.as_raw_fd(),
         Interest::READABLE,
         Mode::Level,
-        |r, s: &mut Server, _| s.accept(r),
+        |r, s: &mut Server<F>, _| s.accept(r),
     )?;
     reactor.set_label(listener_io, "listener");
     let stop_io = reactor.add_io(
         stop.fd(),
         Interest::READABLE,
         Mode::Level,
-        |r, s: &mut Server, _| {
+        |r, s: &mut Server<F>, _| {
             // The pipe stays readable: stop watching it, once is enough.
             if let Some(io) = s.stop_io.take() {
                 let _ = r.remove_io(io);
@@ -203,18 +209,18 @@ pub(super) fn serve(
     reactor.set_label(stop_io, "stop");
     if config.catch_signals {
         for signo in [libc::SIGINT, libc::SIGTERM] {
-            reactor.add_signal(signo, |r, s: &mut Server, signo| {
+            reactor.add_signal(signo, |r, s: &mut Server<F>, signo| {
                 if s.draining {
-                    eprintln!(
-                        "iomux: {} again: closing {} connections now",
+                    log::warn!(
+                        "{} again: closing {} connections now",
                         sys::signal::name(signo),
                         s.conns.len()
                     );
                     s.close_all(r);
                     r.stop();
                 } else {
-                    eprintln!(
-                        "iomux: {} received: draining {} connections (at most {} ms); send it again to close them now",
+                    log::warn!(
+                        "{} received: draining {} connections (at most {} ms); send it again to close them now",
                         sys::signal::name(signo),
                         s.conns.len(),
                         s.config.drain_timeout.as_millis()
@@ -224,15 +230,16 @@ pub(super) fn serve(
             })?;
         }
     }
-    reactor.add_check(|r, s: &mut Server| s.serve_again(r));
+    reactor.add_check(|r, s: &mut Server<F>| s.serve_again(r));
     let mut server = Server {
         config: *config,
+        factory,
         counters: counters.clone(),
         listener: Some(listener),
         listener_io: Some(listener_io),
         stop_io: Some(stop_io),
         accept_paused: None,
-        reserve: Reserve::new(config.on_fd_exhaustion)?,
+        acceptor: Acceptor::new(config)?,
         conns: Slab::default(),
         next_serial: 0,
         scratch: vec![0; config.read_chunk],
@@ -246,80 +253,30 @@ pub(super) fn serve(
         again: Vec::new(),
         parked: VecDeque::new(),
         draining: false,
+        orphans: Vec::new(),
     };
     let res = reactor.run(&mut server);
     server.close_all(&mut reactor);
     res
 }
 
-impl Server {
-    fn accept(&mut self, r: &mut Reactor<Server>) {
+impl<F: Factory> Server<F> {
+    fn accept(&mut self, r: &mut Reactor<Server<F>>) {
         let Some(listener) = &self.listener else {
             return;
         };
         let lfd = listener.as_raw_fd();
         for _ in 0..ACCEPTS_PER_EVENT {
-            match sys::accept_nonblocking(lfd) {
-                Ok(stream) => {
-                    Counters::add(&self.counters.accepted, 1);
-                    if self.conns.len() >= self.config.max_conns {
-                        Counters::add(&self.counters.refused, 1);
-                        continue; // dropping `stream` closes it
-                    }
-                    // Replies are whole messages: don't let Nagle hold them.
-                    let _ = stream.set_nodelay(true);
-                    let fd = stream.as_raw_fd();
-                    let key = self.conns.vacant_key();
-                    match r.add_io(
-                        fd,
-                        Interest::READABLE,
-                        self.mode,
-                        move |r, s: &mut Server, ev| {
-                            s.drive(r, key, ev);
-                        },
-                    ) {
-                        Ok(io) => {
-                            r.set_label(io, "conn");
-                            let serial = self.next_serial;
-                            self.next_serial += 1;
-                            let idle_timer = self.config.idle_timeout.map(|t| {
-                                r.add_timer(t, move |r, s: &mut Server| {
-                                    s.idle_check(r, key, serial)
-                                })
-                            });
-                            self.conns.insert(Slot {
-                                conn: Conn::new(stream, self.config.protocol.handler()),
-                                io,
-                                serial,
-                                interest: Some(Interest::READABLE),
-                                maybe_readable: false,
-                                peer_closed: false,
-                                last_active: r.now(),
-                                idle_timer,
-                                parked: None,
-                                lingering: false,
-                            });
-                        }
-                        Err(e) => self.refuse(fd, &e),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The client gave up between SYN and accept: next one.
-                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                    Counters::add(&self.counters.accept_errors, 1);
-                }
-                Err(e) => {
-                    // EMFILE, ENFILE and anything unexpected: retrying now
-                    // would fail the same way, and level-triggered
-                    // readiness would report the waiting connection again
-                    // at once, forever. Turn the waiting clients away, make
-                    // room, or take the listener out for a while.
-                    Counters::add(&self.counters.accept_errors, 1);
-                    if self.reserve.turn_away(&e, lfd, &self.counters) {
-                        return;
-                    }
-                    if self.reserve.policy() == FdExhaustion::Shed
+            match self.acceptor.accept(lfd, self.conns.len(), &self.counters) {
+                Accepted::Conn(stream) => self.add_conn(r, stream),
+                Accepted::Again => {}
+                Accepted::Empty | Accepted::TurnedAway => return,
+                Accepted::Exhausted(e) => {
+                    // Retrying now would fail the same way, and
+                    // level-triggered readiness would report the waiting
+                    // connection again at once, forever: make room, or
+                    // take the listener out for a while.
+                    if self.acceptor.policy() == FdExhaustion::Shed
                         && sys::is_resource_exhaustion(&e)
                         && self.shed_idle(r)
                     {
@@ -332,14 +289,53 @@ impl Server {
         }
     }
 
+    /// Watches a new connection and greets it.
+    fn add_conn(&mut self, r: &mut Reactor<Server<F>>, stream: std::net::TcpStream) {
+        let fd = stream.as_raw_fd();
+        let key = self.conns.vacant_key();
+        let io = match r.add_io(
+            fd,
+            Interest::READABLE,
+            self.mode,
+            move |r, s: &mut Server<F>, ev| {
+                s.drive(r, key, ev);
+            },
+        ) {
+            Ok(io) => io,
+            Err(e) => return self.refuse(fd, &e),
+        };
+        r.set_label(io, "conn");
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let idle_timer = self
+            .config
+            .idle_timeout
+            .map(|t| r.add_timer(t, move |r, s: &mut Server<F>| s.idle_check(r, key, serial)));
+        let mut conn = Conn::new(stream, self.factory.new_handler());
+        let greeted = conn.open(&mut self.scratch_out, &self.counters);
+        self.conns.insert(Slot {
+            conn,
+            io,
+            serial,
+            interest: Some(Interest::READABLE),
+            maybe_readable: false,
+            peer_closed: false,
+            last_active: r.now(),
+            idle_timer,
+            parked: None,
+            lingering: false,
+        });
+        self.settle(r, key, greeted);
+    }
+
     /// A connection the selector cannot watch: counted, closed, logged once.
     fn refuse(&mut self, fd: RawFd, e: &io::Error) {
         Counters::add(&self.counters.refused, 1);
         if let Some(SelectorError::FdSetSize { limit, .. }) = SelectorError::of(e) {
             if !self.warned_fd_setsize {
                 self.warned_fd_setsize = true;
-                eprintln!(
-                    "iomux: fd {fd} is past select()'s FD_SETSIZE of {limit}; connection refused; use --model poll or epoll"
+                log::warn!(
+                    "fd {fd} is past select()'s FD_SETSIZE of {limit}; connection refused; use --model poll or epoll"
                 );
             }
         }
@@ -356,7 +352,7 @@ impl Server {
     /// nothing pending in either direction (no output unsent, no input
     /// unread or with the handler), so closing it loses no byte. `false`
     /// if no connection qualifies.
-    fn shed_idle(&mut self, r: &mut Reactor<Server>) -> bool {
+    fn shed_idle(&mut self, r: &mut Reactor<Server<F>>) -> bool {
         let mut victim: Option<(Instant, usize)> = None;
         for key in 0..self.conns.capacity() {
             let Some(slot) = self.conns.get_mut(key) else {
@@ -376,18 +372,18 @@ impl Server {
             return false;
         };
         Counters::add(&self.counters.idle_closed, 1);
-        self.close(r, key);
+        self.close(r, key, CloseReason::Shed);
         true
     }
 
-    fn pause_accept(&mut self, r: &mut Reactor<Server>) {
+    fn pause_accept(&mut self, r: &mut Reactor<Server<F>>) {
         let Some(io) = self.listener_io else {
             return;
         };
         if self.accept_paused.is_some() || r.pause_io(io).is_err() {
             return;
         }
-        self.accept_paused = Some(r.add_timer(ACCEPT_BACKOFF, move |r, s: &mut Server| {
+        self.accept_paused = Some(r.add_timer(ACCEPT_BACKOFF, move |r, s: &mut Server<F>| {
             s.accept_paused = None;
             // Cannot watch the listener again yet: try after another pause.
             if r.resume_io(io).is_err() {
@@ -397,7 +393,7 @@ impl Server {
     }
 
     /// Reads, writes, and closes one connection as its event allows.
-    fn drive(&mut self, r: &mut Reactor<Server>, key: usize, event: Event) {
+    fn drive(&mut self, r: &mut Reactor<Server<F>>, key: usize, event: Event) {
         let max_output = self.config.max_output;
         let edge = self.mode == Mode::Edge;
         let offload = self.config.offload_threads > 0;
@@ -418,7 +414,7 @@ impl Server {
             match Self::discard(slot, &mut self.scratch, edge) {
                 Ok(Some(true)) => self.again.push(key),
                 Ok(Some(false)) => {}
-                Ok(None) | Err(_) => self.close(r, key),
+                Ok(None) | Err(_) => self.close(r, key, CloseReason::ServerStop),
             }
             return;
         }
@@ -457,7 +453,11 @@ impl Server {
 
     /// Lingering close: reads and drops input. `None` at the peer's EOF;
     /// else whether input may be left (edge-triggered: serve it again).
-    fn discard(slot: &mut Slot, scratch: &mut [u8], edge: bool) -> io::Result<Option<bool>> {
+    fn discard(
+        slot: &mut Slot<F::Handler>,
+        scratch: &mut [u8],
+        edge: bool,
+    ) -> io::Result<Option<bool>> {
         let reads = if edge { READS_PER_TURN } else { 1 };
         for _ in 0..reads {
             match sys::recv(slot.conn.fd(), scratch) {
@@ -479,7 +479,7 @@ impl Server {
     }
 
     /// After I/O on a connection: close it, or watch what it needs next.
-    fn settle(&mut self, r: &mut Reactor<Server>, key: usize, res: io::Result<()>) {
+    fn settle(&mut self, r: &mut Reactor<Server<F>>, key: usize, res: io::Result<()>) {
         let max_output = self.config.max_output;
         let edge = self.mode == Mode::Edge;
         let draining = self.draining;
@@ -496,12 +496,15 @@ impl Server {
                 if is_peer_gone(&e) {
                     Counters::add(&self.counters.resets, 1);
                 }
-                self.close(r, key);
+                self.close(r, key, CloseReason::of_error(&e));
             }
-            Ok(()) if conn.is_done() => self.close(r, key),
+            Ok(()) if conn.is_done() => {
+                let reason = conn.done_reason();
+                self.close(r, key, reason);
+            }
             Ok(()) if draining && !conn.wants_write() && !busy => {
                 if conn.is_read_closed() || conn.shutdown_write().is_err() {
-                    self.close(r, key);
+                    self.close(r, key, CloseReason::ServerStop);
                     return;
                 }
                 // Everything is queued in the kernel; closing now, with
@@ -518,7 +521,7 @@ impl Server {
                 match res.and_then(|()| Self::discard(slot, &mut self.scratch, edge)) {
                     Ok(Some(true)) => self.again.push(key),
                     Ok(Some(false)) => {}
-                    Ok(None) | Err(_) => self.close(r, key),
+                    Ok(None) | Err(_) => self.close(r, key, CloseReason::ServerStop),
                 }
             }
             Ok(()) => {
@@ -543,7 +546,7 @@ impl Server {
                     };
                     match res {
                         Ok(()) => slot.interest = want,
-                        Err(_) => self.close(r, key),
+                        Err(e) => self.close(r, key, CloseReason::of_error(&e)),
                     }
                 }
             }
@@ -551,7 +554,7 @@ impl Server {
     }
 
     /// Offload: one read, and the handler goes to the pool with the input.
-    fn offload_read(&mut self, r: &mut Reactor<Server>, key: usize) -> io::Result<()> {
+    fn offload_read(&mut self, r: &mut Reactor<Server<F>>, key: usize) -> io::Result<()> {
         let max_output = self.config.max_output;
         let Some(slot) = self.conns.get_mut(key) else {
             return Ok(());
@@ -583,7 +586,7 @@ impl Server {
 
     /// Hands `input` and the connection's handler to the pool, or parks
     /// the input if the queue is full.
-    fn submit(&mut self, r: &mut Reactor<Server>, key: usize, input: Vec<u8>) {
+    fn submit(&mut self, r: &mut Reactor<Server<F>>, key: usize, input: Vec<u8>) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
@@ -604,22 +607,22 @@ impl Server {
                 let action = handler.on_data(&input, &mut out);
                 (handler, out, action)
             },
-            move |r, s: &mut Server, res| s.job_done(r, key, serial, res),
+            move |r, s: &mut Server<F>, res| s.job_done(r, key, serial, res),
         );
         match res {
             Ok(()) => Counters::add(&self.counters.offloaded, 1),
             // Cannot happen (room was checked on this thread); if it did,
             // the handler is gone with the job: end the connection.
-            Err(_) => self.close(r, key),
+            Err(_) => self.close(r, key, CloseReason::Error(io::ErrorKind::Other)),
         }
     }
 
     fn job_done(
         &mut self,
-        r: &mut Reactor<Server>,
+        r: &mut Reactor<Server<F>>,
         key: usize,
         serial: u64,
-        res: std::thread::Result<(Builtin, Vec<u8>, Action)>,
+        res: std::thread::Result<(F::Handler, Vec<u8>, Action)>,
     ) {
         // A job completed: there is room for one parked input.
         while let Some((pkey, pserial)) = self.parked.pop_front() {
@@ -634,12 +637,17 @@ impl Server {
                 break;
             }
         }
-        let Some(slot) = self.conns.get_mut(key) else {
+        let slot = self.conns.get_mut(key).filter(|s| s.serial == serial);
+        let Some(slot) = slot else {
+            // Closed while its job ran: the handler hears why now.
+            if let Some(i) = self.orphans.iter().position(|&(s, _)| s == serial) {
+                let (_, reason) = self.orphans.swap_remove(i);
+                if let Ok((mut handler, _, _)) = res {
+                    handler.on_close(reason);
+                }
+            }
             return;
         };
-        if slot.serial != serial {
-            return; // closed while its job ran
-        }
         let res = match res {
             Ok((handler, out, action)) => {
                 slot.conn.put_handler(handler);
@@ -654,7 +662,7 @@ impl Server {
     }
 
     /// The check phase: connections with input left after their reads.
-    fn serve_again(&mut self, r: &mut Reactor<Server>) {
+    fn serve_again(&mut self, r: &mut Reactor<Server<F>>) {
         self.counters.record_selector(r.selector_stats());
         if self.again.is_empty() {
             return;
@@ -667,7 +675,7 @@ impl Server {
         }
     }
 
-    fn idle_check(&mut self, r: &mut Reactor<Server>, key: usize, serial: u64) {
+    fn idle_check(&mut self, r: &mut Reactor<Server<F>>, key: usize, serial: u64) {
         let Some(timeout) = self.config.idle_timeout else {
             return;
         };
@@ -681,7 +689,7 @@ impl Server {
         if idle >= timeout {
             Counters::add(&self.counters.idle_closed, 1);
             slot.idle_timer = None;
-            self.close(r, key);
+            self.close(r, key, CloseReason::IdleTimeout);
         } else if let Some(t) = slot.idle_timer {
             r.reschedule_timer(t, timeout - idle);
         }
@@ -689,7 +697,7 @@ impl Server {
 
     /// Stop accepting and reading; close each connection once its output
     /// is sent, all of them at the drain deadline.
-    fn begin_drain(&mut self, r: &mut Reactor<Server>) {
+    fn begin_drain(&mut self, r: &mut Reactor<Server<F>>) {
         if self.draining {
             return;
         }
@@ -701,7 +709,7 @@ impl Server {
             r.cancel_timer(t);
         }
         self.listener = None; // closed: new clients are refused by the kernel
-        r.add_timer(self.config.drain_timeout, |r, s: &mut Server| {
+        r.add_timer(self.config.drain_timeout, |r, s: &mut Server<F>| {
             s.close_all(r);
             r.stop();
         });
@@ -715,14 +723,17 @@ impl Server {
         }
     }
 
-    fn close(&mut self, r: &mut Reactor<Server>, key: usize) {
+    fn close(&mut self, r: &mut Reactor<Server<F>>, key: usize, reason: CloseReason) {
         if let Some(slot) = self.conns.remove(key) {
             // Leave the selector before the fd closes (epoll quirk b).
             let _ = r.remove_io(slot.io);
             if let Some(t) = slot.idle_timer {
                 r.cancel_timer(t);
             }
-            slot.conn.close(&self.counters);
+            if slot.conn.handler_lent() {
+                self.orphans.push((slot.serial, reason));
+            }
+            slot.conn.close(&self.counters, reason);
             Counters::add(&self.counters.closed, 1);
         }
         if self.draining && self.conns.len() == 0 {
@@ -730,9 +741,9 @@ impl Server {
         }
     }
 
-    fn close_all(&mut self, r: &mut Reactor<Server>) {
+    fn close_all(&mut self, r: &mut Reactor<Server<F>>) {
         for key in 0..self.conns.capacity() {
-            self.close(r, key);
+            self.close(r, key, CloseReason::ServerStop);
         }
         self.counters.record_selector(r.selector_stats());
     }

@@ -13,7 +13,7 @@
 //! of clients the machine runs out of them. So at most
 //! [`Config::max_conns`] connection threads live at once; past that a new
 //! connection is accepted and closed at once (counted in `refused`), and a
-//! failure to create a thread does the same and is reported once on stderr.
+//! failure to create a thread does the same and is logged once.
 //!
 //! On stop the acceptor closes the listener and returns; live connection
 //! threads are detached and finish with their clients.
@@ -24,57 +24,56 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::blocking::{accept, serve_conn};
-use super::Reserve;
-use super::{Config, Counters, Stop};
+use super::{Acceptor, Config, Counters, Stop};
+use crate::protocol::{Factory, Handler};
 
 /// Stack of each connection thread. The read buffer lives on the heap, so
 /// the thread needs little: a fraction of the usual 2 MiB.
 pub(super) const STACK_SIZE: usize = 128 * 1024;
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let live = Arc::new(AtomicUsize::new(0));
     let mut spawn_failed = false;
-    let mut reserve = Reserve::new(config.on_fd_exhaustion)?;
-    while let Some(stream) = accept(&listener, stop, counters, &mut reserve)? {
-        if live.load(Ordering::Acquire) >= config.max_conns {
-            drop(stream);
-            Counters::add(&counters.refused, 1);
-            continue;
-        }
-        if let Err(e) = spawn(stream, config, counters, &live) {
+    let mut acceptor = Acceptor::new(config)?;
+    let count = || live.load(Ordering::Acquire);
+    while let Some(stream) = accept(&listener, stop, counters, &mut acceptor, count)? {
+        if let Err(e) = spawn(stream, factory.new_handler(), config, counters, &live) {
             // The closure, and the stream with it, is gone already.
             Counters::add(&counters.refused, 1);
             if !spawn_failed {
                 spawn_failed = true;
-                eprintln!("iomux threaded: cannot create a connection thread ({e}); refusing connections until it can");
+                log::error!("threaded: cannot create a connection thread ({e}); refusing connections until it can");
             }
         }
     }
     Ok(())
 }
 
-/// Serves `stream` on a new detached thread that holds one `live` slot.
-fn spawn(
+/// Serves `stream` with `handler` on a new detached thread that holds one
+/// `live` slot.
+fn spawn<H: Handler>(
     stream: TcpStream,
+    handler: H,
     config: &Config,
     counters: &Arc<Counters>,
     live: &Arc<AtomicUsize>,
 ) -> io::Result<()> {
     let slot = Slot::take(live);
-    let config = *config;
+    let read_chunk = config.read_chunk;
     let counters = Arc::clone(counters);
     std::thread::Builder::new()
         .name("iomux-conn".into())
         .stack_size(STACK_SIZE)
         .spawn(move || {
-            let mut buf = vec![0; config.read_chunk];
-            serve_conn(stream, &config, &counters, &mut buf);
+            let mut buf = vec![0; read_chunk];
+            serve_conn(stream, handler, &counters, &mut buf);
             // Free the slot before the close shows: once `active()` reads
             // 0, `max_conns` new connections are served.
             drop(slot);

@@ -55,9 +55,11 @@ use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::readiness::Slab;
-use super::{is_peer_gone, Config, Counters, FdExhaustion, Reserve, Stop, ACCEPT_BACKOFF};
+use super::{
+    is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
+};
 use crate::budget::LatencyBudget;
-use crate::protocol::{Action, Builtin, Handler};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
 
@@ -140,9 +142,9 @@ impl Io {
 #[allow(clippy::vec_box)]
 type Spare = Vec<Box<Io>>;
 
-struct Slot {
+struct Slot<H> {
     stream: TcpStream,
-    handler: Builtin,
+    handler: H,
     gen: u32,
     /// `None` while the connection holds no bytes.
     io: Option<Box<Io>>,
@@ -156,14 +158,15 @@ struct Slot {
     read_closed: bool,
     /// The handler asked to close.
     closing: bool,
-    /// Closing: waiting for in-flight operations, then freed.
-    dead: bool,
+    /// Closing, and why: waiting for in-flight operations, then freed
+    /// (the handler hears the reason then).
+    dead: Option<CloseReason>,
     /// The loop's turn when a byte last moved either way: picks the
     /// connection idle longest under [`FdExhaustion::Shed`].
     last_active: u64,
 }
 
-impl Slot {
+impl<H: Handler> Slot<H> {
     fn pending(&self) -> usize {
         self.io.as_ref().map_or(0, |io| io.pending())
     }
@@ -187,7 +190,7 @@ impl Slot {
 
     /// Whether new input may be processed now.
     fn can_take_input(&self, max_output: usize) -> bool {
-        !self.closing && !self.dead && self.pending() < max_output
+        !self.closing && self.dead.is_none() && self.pending() < max_output
     }
 
     fn wants_read(&self, max_output: usize) -> bool {
@@ -195,19 +198,29 @@ impl Slot {
     }
 }
 
-/// Feeds `input` (or the EOF, if `None`) to the slot's handler; the reply
-/// goes to its output.
-fn feed(slot: &mut Slot, input: Option<&[u8]>, spare: &mut Spare, counters: &Counters) {
+/// What [`feed`] hands the handler.
+enum Feed<'a> {
+    Connect,
+    Data(&'a [u8]),
+    Eof,
+}
+
+/// Feeds the connection's opening, input or EOF to the slot's handler; the
+/// reply goes to its output.
+fn feed<H: Handler>(slot: &mut Slot<H>, input: Feed<'_>, spare: &mut Spare, counters: &Counters) {
     let Slot { handler, io, .. } = slot;
     let io = io.get_or_insert_with(|| spare.pop().unwrap_or_default());
     let before = io.out.len();
-    match input {
-        Some(data) => {
-            if handler.on_data(data, &mut io.out) == Action::Close {
-                slot.closing = true;
-            }
+    let action = match input {
+        Feed::Connect => handler.on_connect(&mut io.out),
+        Feed::Data(data) => handler.on_data(data, &mut io.out),
+        Feed::Eof => {
+            handler.on_eof(&mut io.out);
+            Action::Continue
         }
-        None => handler.on_eof(&mut io.out),
+    };
+    if action == Action::Close {
+        slot.closing = true;
     }
     let n = io.out.len() - before;
     if n > 0 {
@@ -234,8 +247,9 @@ fn give_back(spare: &mut Spare, io: Option<Box<Io>>) {
     spare.push(io);
 }
 
-struct Loop<'a> {
+struct Loop<'a, F: Factory> {
     config: &'a Config,
+    factory: F,
     counters: &'a Counters,
     features: Features,
     ring: IoUring,
@@ -243,7 +257,7 @@ struct Loop<'a> {
     bufs: Option<BufRing>,
     listener: TcpListener,
     stop_fd: i32,
-    conns: Slab<Slot>,
+    conns: Slab<Slot<F::Handler>>,
     next_gen: u32,
     accept_armed: bool,
     accept_cancelled: bool,
@@ -255,8 +269,7 @@ struct Loop<'a> {
     stopping: bool,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
-    /// The spare fd of [`FdExhaustion::ReserveFd`].
-    reserve: Reserve,
+    acceptor: Acceptor,
     /// Turns of the loop so far: the clock of `Slot::last_active`, which
     /// costs no syscall.
     turn: u64,
@@ -268,24 +281,26 @@ struct Loop<'a> {
     budget: Option<LatencyBudget>,
 }
 
-pub(super) fn serve(
+pub(super) fn serve<F: Factory>(
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Arc<Counters>,
+    factory: F,
 ) -> io::Result<()> {
     let probe = crate::uring::probe()?;
-    serve_with(probe.features, listener, config, stop, counters)
+    serve_with(probe.features, listener, config, stop, counters, factory)
 }
 
 /// [`serve`] with the features given rather than probed: the tests turn
 /// multishot off to run the older kernels' path.
-pub(super) fn serve_with(
+pub(super) fn serve_with<F: Factory>(
     features: Features,
     listener: TcpListener,
     config: &Config,
     stop: &Stop,
     counters: &Counters,
+    factory: F,
 ) -> io::Result<()> {
     if config.uring_batch_wait.is_some() && !features.min_timeout {
         return Err(io::Error::new(
@@ -307,6 +322,7 @@ pub(super) fn serve_with(
     let bufs = BufRing::new(&ring, BUFFERS, size, BGID)?;
     let mut lp = Loop {
         config,
+        factory,
         counters,
         features,
         ring,
@@ -325,7 +341,7 @@ pub(super) fn serve_with(
         stopping: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
-        reserve: Reserve::new(config.on_fd_exhaustion)?,
+        acceptor: Acceptor::new(config)?,
         turn: 0,
         batch_wait,
         batch_idle: Timespec::new().sec(BATCH_IDLE.as_secs()),
@@ -334,7 +350,7 @@ pub(super) fn serve_with(
     lp.run()
 }
 
-impl Loop<'_> {
+impl<F: Factory> Loop<'_, F> {
     /// The loop: one `io_uring_enter` per turn, then every completion.
     fn run(&mut self) -> io::Result<()> {
         let poll = opcode::PollAdd::new(Fd(self.stop_fd), libc::POLLIN as u32)
@@ -486,17 +502,17 @@ impl Loop<'_> {
             // SAFETY: the completion hands us a new connected socket fd
             // that nothing else owns.
             let stream = unsafe { TcpStream::from_raw_fd(res) };
-            Counters::add(&self.counters.accepted, 1);
-            if self.stopping || self.conns.len() >= self.config.max_conns {
-                Counters::add(&self.counters.refused, 1);
-                drop(stream); // closes it
+            // Stopping: over the limit too (closed, counted in `refused`).
+            let live = if self.stopping {
+                usize::MAX
             } else {
-                // Replies are whole messages: don't let Nagle hold them.
-                let _ = stream.set_nodelay(true);
+                self.conns.len()
+            };
+            if let Some(stream) = self.acceptor.admit(stream, live, self.counters) {
                 self.next_gen = self.next_gen.wrapping_add(1);
                 let key = self.conns.insert(Slot {
                     stream,
-                    handler: self.config.protocol.handler(),
+                    handler: self.factory.new_handler(),
                     gen: self.next_gen,
                     io: None,
                     recv_armed: false,
@@ -506,33 +522,29 @@ impl Loop<'_> {
                     eof: false,
                     read_closed: false,
                     closing: false,
-                    dead: false,
+                    dead: None,
                     last_active: self.turn,
                 });
+                let slot = self.conns.get_mut(key).expect("just inserted");
+                feed(slot, Feed::Connect, &mut self.spare, self.counters);
                 self.pump(key)?;
             }
-        } else {
-            match -res {
-                libc::EAGAIN | libc::EINTR | libc::ECANCELED => {}
-                // The client gave up between SYN and accept: next one.
-                libc::ECONNABORTED => Counters::add(&self.counters.accept_errors, 1),
-                errno => {
-                    // EMFILE, ENFILE and anything unexpected: retrying now
-                    // would fail the same way. The kernel's accept takes the
-                    // fd before it looks for a connection, so out of fds it
-                    // fails at once even with nobody waiting: always pause.
-                    // Before that, turn the waiting clients away (reserve-fd)
-                    // or make room (shed: the victim's fd closes once its
-                    // recv is cancelled, within the pause).
-                    Counters::add(&self.counters.accept_errors, 1);
-                    let e = io::Error::from_raw_os_error(errno);
-                    let lfd = self.listener.as_raw_fd();
-                    self.reserve.turn_away(&e, lfd, self.counters);
-                    if self.reserve.policy() == FdExhaustion::Shed
-                        && crate::sys::is_resource_exhaustion(&e)
-                    {
+        } else if !matches!(-res, libc::ECANCELED | libc::EAGAIN | libc::EINTR) {
+            let e = io::Error::from_raw_os_error(-res);
+            let lfd = self.listener.as_raw_fd();
+            match self.acceptor.failed(e, lfd, self.counters) {
+                Accepted::Again | Accepted::Conn(_) => {}
+                // Out of fds (the waiting clients maybe turned away first):
+                // the kernel's accept takes the fd before it looks for a
+                // connection, so it fails at once even with nobody waiting,
+                // and a re-armed accept would spin: always pause.
+                Accepted::Empty | Accepted::TurnedAway | Accepted::Exhausted(_) => {
+                    let exhausted =
+                        crate::sys::is_resource_exhaustion(&io::Error::from_raw_os_error(-res));
+                    if self.acceptor.policy() == FdExhaustion::Shed && exhausted {
                         // Room for every client waiting (victims close
-                        // within the pause), at most SHED_BATCH per pause.
+                        // within the pause, once their recvs are
+                        // cancelled), at most SHED_BATCH per pause.
                         let waiting = crate::sys::accept_queue_len(lfd).unwrap_or(1);
                         for _ in 0..waiting.clamp(1, SHED_BATCH) {
                             if !self.shed_idle()? {
@@ -561,7 +573,7 @@ impl Loop<'_> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let busy = slot.dead
+            let busy = slot.dead.is_some()
                 || slot.closing
                 || slot.eof
                 || slot.send_inflight
@@ -575,7 +587,7 @@ impl Loop<'_> {
             return Ok(false);
         };
         Counters::add(&self.counters.idle_closed, 1);
-        self.conns.get_mut(key).expect("victim present").dead = true;
+        self.conns.get_mut(key).expect("victim present").dead = Some(CloseReason::Shed);
         self.pump(key)?;
         Ok(true)
     }
@@ -621,8 +633,8 @@ impl Loop<'_> {
             Counters::add(&counters.bytes_in, n as u64);
             let data = bufs.data(bid, n);
             if slot.can_take_input(self.config.max_output) && !slot.has_parked() {
-                feed(slot, Some(data), spare, counters);
-            } else if !slot.closing && !slot.dead {
+                feed(slot, Feed::Data(data), spare, counters);
+            } else if !slot.closing && slot.dead.is_none() {
                 // Output is full: keep the bytes for later, unprocessed.
                 slot.io(spare).parked.extend_from_slice(data);
             }
@@ -635,10 +647,11 @@ impl Loop<'_> {
                 // if reading is still wanted.
                 libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
                 errno => {
-                    if !slot.dead && is_peer_gone(&io::Error::from_raw_os_error(errno)) {
+                    let e = io::Error::from_raw_os_error(errno);
+                    if slot.dead.is_none() && is_peer_gone(&e) {
                         Counters::add(&counters.resets, 1);
                     }
-                    slot.dead = true;
+                    slot.dead.get_or_insert(CloseReason::of_error(&e));
                 }
             }
         }
@@ -668,10 +681,11 @@ impl Loop<'_> {
             match -res {
                 libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
                 errno => {
-                    if !slot.dead && is_peer_gone(&io::Error::from_raw_os_error(errno)) {
+                    let e = io::Error::from_raw_os_error(errno);
+                    if slot.dead.is_none() && is_peer_gone(&e) {
                         Counters::add(&self.counters.resets, 1);
                     }
-                    slot.dead = true;
+                    slot.dead.get_or_insert(CloseReason::of_error(&e));
                 }
             }
         }
@@ -693,14 +707,14 @@ impl Loop<'_> {
         let Some(slot) = conns.get_mut(key) else {
             return Ok(());
         };
-        if !slot.dead {
+        if slot.dead.is_none() {
             // Parked input first, a buffer's worth at a time, while output
             // has room: the handler never runs with the bound exceeded.
             while slot.has_parked() && slot.can_take_input(max_output) {
                 let io = slot.io.as_mut().expect("parked input has buffers");
                 let parked = mem::take(&mut io.parked);
                 let n = parked.len().min(chunk);
-                feed(slot, Some(&parked[..n]), spare, counters);
+                feed(slot, Feed::Data(&parked[..n]), spare, counters);
                 let io = slot.io.as_mut().expect("still there");
                 io.parked = parked;
                 io.parked.drain(..n);
@@ -713,14 +727,18 @@ impl Loop<'_> {
             // The EOF comes after every byte before it.
             if slot.eof && !slot.has_parked() && !slot.read_closed && !slot.closing {
                 slot.read_closed = true;
-                feed(slot, None, spare, counters);
+                feed(slot, Feed::Eof, spare, counters);
             }
             if (slot.read_closed || slot.closing) && slot.pending() == 0 && !slot.send_inflight {
-                slot.dead = true;
+                slot.dead = Some(if slot.closing {
+                    CloseReason::HandlerClosed
+                } else {
+                    CloseReason::PeerClosed
+                });
             }
         }
         let (fd, gen) = (slot.stream.as_raw_fd(), slot.gen);
-        if slot.dead {
+        if let Some(reason) = slot.dead {
             let cancel_recv = slot.recv_armed && !slot.recv_cancelled;
             let cancel_send = slot.send_inflight && !slot.send_cancelled;
             slot.recv_cancelled |= cancel_recv;
@@ -731,7 +749,15 @@ impl Loop<'_> {
                 self.counters
                     .pending_output
                     .fetch_sub(slot.pending() as u64, Ordering::Relaxed);
-                give_back(&mut self.spare, slot.io);
+                let Slot {
+                    stream,
+                    mut handler,
+                    io,
+                    ..
+                } = slot;
+                drop(stream);
+                handler.on_close(reason);
+                give_back(&mut self.spare, io);
                 Counters::add(&self.counters.closed, 1);
                 return Ok(());
             }
@@ -818,7 +844,7 @@ impl Loop<'_> {
         self.stopping = true;
         for key in 0..self.conns.capacity() {
             if let Some(slot) = self.conns.get_mut(key) {
-                slot.dead = true;
+                slot.dead.get_or_insert(CloseReason::ServerStop);
                 self.pump(key)?;
             }
         }
@@ -851,8 +877,8 @@ impl Loop<'_> {
         } else {
             // The kernel still owns operations that may write into these
             // buffers: leaking them is the only safe choice.
-            eprintln!(
-                "iomux: uring: {} connections still had operations in flight after {DRAIN_LIMIT:?}; their buffers are leaked",
+            log::error!(
+                "uring: {} connections still had operations in flight after {DRAIN_LIMIT:?}; their buffers are leaked",
                 self.conns.len()
             );
             mem::forget(self.bufs.take());
@@ -916,7 +942,10 @@ mod tests {
         };
         let server = {
             let (stop, counters) = (stop.clone(), counters.clone());
-            std::thread::spawn(move || serve_with(features, listener, &config, &stop, &counters))
+            let upper = crate::protocol::Protocol::Upper;
+            std::thread::spawn(move || {
+                serve_with(features, listener, &config, &stop, &counters, upper)
+            })
         };
         for _ in 0..3 {
             let mut s = TcpStream::connect(addr).unwrap();
