@@ -128,7 +128,7 @@ pub struct Options {
     /// Jobs that may wait for an offload thread; past it `offload` fails.
     pub offload_queue: usize,
     /// Latency the loop may add to batch wake-ups: before a wait, it sleeps
-    /// as long as [`LatencyBudget`](crate::budget::LatencyBudget) says
+    /// as long as [`LatencyBudget`] says
     /// (nothing under light load). `None` (the default): never.
     pub latency_budget: Option<Duration>,
 }

@@ -37,6 +37,9 @@
 //! With [`Config::uring_batch_wait`] each wait lasts that long unless
 //! 1,024 completions come first (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12):
 //! fewer, bigger batches per wake-up, for that much more latency.
+//! With [`Config::latency_budget`] the minimum wait is instead the delay
+//! the budget's policy ([`crate::budget`]) picks after each turn: none
+//! under light load, more as load grows.
 //!
 //! Counters: `recv_calls` and `send_calls` count recv and send
 //! *submissions* (a multishot recv counts once however many messages it
