@@ -1,5 +1,6 @@
-//! Fuzzes a connection's output path: a built-in handler plus the
-//! [`Outbox`](iomux::conn::Outbox) that `Conn` keeps its unsent output in,
+//! Fuzzes the connection core ([`Core`](iomux::conn::Core), driven as a
+//! readiness or a completion driver drives it) and its output path alone: a
+//! built-in handler plus the [`Outbox`](iomux::conn::Outbox) that keeps its unsent output,
 //! fed the fuzzer's input in the fuzzer's chunk boundaries, with the fuzzer
 //! choosing how many bytes each send takes and when the driver reads or
 //! flushes. The property (in `crates/iomux/tests/chunking/mod.rs`, shared
@@ -15,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../crates/iomux/tests/chunking/mod.rs"]
 mod chunking;
 
-use chunking::{run, Case, Choices};
+use chunking::{run, run_core, Case, Choices, Style};
 
 /// The fuzzer's remaining bytes, as choices.
 struct Fuzzed<'a>(Unstructured<'a>);
@@ -51,8 +52,17 @@ fn case(u: &mut Unstructured<'_>) -> Result<Case> {
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
+    let Ok(which) = u.int_in_range(0..=2u8) else {
+        return;
+    };
     let Ok(case) = case(&mut u) else {
         return;
     };
-    run(&case, &mut Fuzzed(u));
+    // The output path alone, or the whole connection core as a readiness
+    // or a completion driver drives it.
+    match which {
+        0 => drop(run(&case, &mut Fuzzed(u))),
+        1 => drop(run_core(&case, Style::Readiness, &mut Fuzzed(u))),
+        _ => drop(run_core(&case, Style::Completion, &mut Fuzzed(u))),
+    }
 });

@@ -13,57 +13,67 @@ use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
 use anyhow::{anyhow, Result};
-use iomux::server::{ServerCounters, Stop};
+use iomux::server::{ServerCounters, Snapshot, Stop};
+
+/// What a `stats` line carries: the server's counters (their names come
+/// from [`Snapshot`], defined once in the library), its process's CPU time
+/// and sleeps, and each loop's accepted connections.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ControlStats {
+    /// Every counter, summed over the loops.
+    pub counters: Snapshot,
+    /// The process's CPU time, microseconds.
+    pub cpu_us: u64,
+    /// The process's voluntary context switches (sleeps).
+    pub vcsw: u64,
+    /// Connections each loop accepted, in loop order.
+    pub loop_accepted: Vec<u64>,
+}
 
 /// One `stats` answer line (without the newline).
 pub fn format_stats(counters: &ServerCounters) -> String {
-    let s = counters.snapshot();
     let usage = iomux::sys::process_usage().unwrap_or_default();
-    let mut line = format!(
-        "stats accepted={} refused={} closed={} resets={} accept_errors={} bytes_in={} bytes_out={} \
-         recv_calls={} send_calls={} wait_calls={} ctl_calls={} pending_output={} peak_conn_output={} idle_closed={} offloaded={} stalls={} cpu_us={} vcsw={}",
-        s.accepted,
-        s.refused,
-        s.closed,
-        s.resets,
-        s.accept_errors,
-        s.bytes_in,
-        s.bytes_out,
-        s.recv_calls,
-        s.send_calls,
-        s.wait_calls,
-        s.ctl_calls,
-        s.pending_output,
-        s.peak_conn_output,
-        s.idle_closed,
-        s.offloaded,
-        s.stalls,
+    let mut line = String::from("stats");
+    for (name, value) in counters.snapshot().fields() {
+        line += &format!(" {name}={value}");
+    }
+    line += &format!(
+        " cpu_us={} vcsw={}",
         usage.cpu.as_micros() as u64,
         usage.voluntary_switches
     );
     let loops = counters.loops();
     line += &format!(" loops={}", loops.len());
     for (i, c) in loops.iter().enumerate() {
-        let accepted = c.accepted.load(std::sync::atomic::Ordering::Relaxed);
-        line += &format!(" loop{i}_accepted={accepted}");
+        line += &format!(" loop{i}_accepted={}", c.snapshot().accepted);
     }
     line
 }
 
-/// Parses a `stats` answer line into its fields.
-pub fn parse_stats(line: &str) -> Result<HashMap<String, u64>> {
+/// Parses a `stats` answer line.
+pub fn parse_stats(line: &str) -> Result<ControlStats> {
     let mut words = line.split_whitespace();
     if words.next() != Some("stats") {
         return Err(anyhow!("not a stats line: {line:?}"));
     }
-    words
+    let fields = words
         .map(|w| {
             let (k, v) = w
                 .split_once('=')
                 .ok_or_else(|| anyhow!("bad field {w:?}"))?;
             Ok((k.to_string(), v.parse()?))
         })
-        .collect()
+        .collect::<Result<HashMap<String, u64>>>()?;
+    let get = |k: &str| fields.get(k).copied();
+    let loops = get("loops").unwrap_or(1);
+    Ok(ControlStats {
+        counters: Snapshot::from_fields(get),
+        cpu_us: get("cpu_us").unwrap_or(0),
+        vcsw: get("vcsw").unwrap_or(0),
+        loop_accepted: (0..loops)
+            .map(|i| get(&format!("loop{i}_accepted")).unwrap_or(0))
+            .collect(),
+    })
 }
 
 /// Serves the control channel on stdin/stdout until stdin closes, then
@@ -93,12 +103,15 @@ mod tests {
         Counters::add(&c.loops()[1].accepted, 4);
         Counters::add(&c.loops()[1].bytes_out, 1234);
         let parsed = parse_stats(&format_stats(&c)).unwrap();
-        assert_eq!(parsed["accepted"], 7);
-        assert_eq!(parsed["bytes_out"], 1234);
-        assert_eq!(parsed["loops"], 2);
-        assert_eq!(parsed["loop0_accepted"], 3);
-        assert_eq!(parsed["loop1_accepted"], 4);
-        assert!(parsed.contains_key("cpu_us"));
+        assert_eq!(parsed.counters, c.snapshot());
+        assert_eq!(parsed.counters.accepted, 7);
+        assert_eq!(parsed.counters.bytes_out, 1234);
+        assert_eq!(parsed.loop_accepted, [3, 4]);
+        let line = format_stats(&c);
+        for name in Snapshot::NAMES {
+            assert!(line.contains(&format!(" {name}=")), "{name} in {line}");
+        }
+        assert!(line.contains(" cpu_us="));
         assert!(parse_stats("nonsense a=1").is_err());
     }
 }

@@ -195,28 +195,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Checks the flags that only some models or protocols take.
 fn check_flags(args: &ServeArgs) -> Result<Protocol> {
-    let model = args.model;
-    let readiness = model.backend().is_some();
     let protocol = match (args.protocol, args.work_ms) {
         (Protocol::SlowUpper(_), Some(ms)) => Protocol::SlowUpper(ms),
         (p, None) => p,
         (p, Some(_)) => bail!("--work-ms is for --protocol slow-upper, not {p}"),
     };
-    let only_readiness = [
-        ("--offload", args.offload),
-        ("--idle-timeout", args.idle_timeout.is_some()),
-    ];
-    for (flag, given) in only_readiness {
-        if given && !readiness {
-            bail!("{flag} needs an event-loop model (select, poll or epoll); {model} does not run on the reactor");
-        }
-    }
-    if args.threads > 1 && !model.supports_threads() {
-        bail!(
-            "--threads {}: model {model} runs one loop; --threads is for epoll, coroutine and uring",
-            args.threads
-        );
-    }
+    // What each model supports is checked by Config::validate_for, from
+    // the library's capabilities table.
     Ok(protocol)
 }
 

@@ -413,7 +413,7 @@ fn threads_for_one_loop_models_are_refused() {
         ]);
         assert_one_line_error(
             &out,
-            &format!("--threads 2: model {model} runs one loop; --threads is for epoll, coroutine and uring"),
+            &format!("threads above 1 (--threads) does not work on model {model}; use --model epoll or coroutine or uring"),
         );
     }
     let out = iomux(&["serve", "--threads", "0", "--addr", "127.0.0.1:0"]);
@@ -432,7 +432,7 @@ fn flags_for_other_models_or_protocols_are_refused() {
         "--addr",
         "127.0.0.1:0",
     ]);
-    assert_one_line_error(&out, "--offload needs an event-loop model");
+    assert_one_line_error(&out, "offload_threads (--offload) does not work on model");
     let out = iomux(&["serve", "--work-ms", "5", "--addr", "127.0.0.1:0"]);
     assert_one_line_error(&out, "--work-ms is for --protocol slow-upper");
     let out = iomux(&[
@@ -444,7 +444,10 @@ fn flags_for_other_models_or_protocols_are_refused() {
         "--addr",
         "127.0.0.1:0",
     ]);
-    assert_one_line_error(&out, "is for the uring model only");
+    assert_one_line_error(
+        &out,
+        "uring_batch_wait (--uring-batch-wait) does not work on model",
+    );
     let out = iomux(&["bench", "--uring-batch-wait", "1s"]);
     assert_one_line_error(&out, "1us to 10ms");
     let out = iomux(&["bench", "--latency-budget", "0,1s"]);
@@ -564,7 +567,10 @@ fn latency_budget_is_refused_where_no_loop_waits() {
             "--addr",
             "127.0.0.1:0",
         ]);
-        assert_one_line_error(&out, "use select, poll, epoll, coroutine or uring");
+        assert_one_line_error(
+            &out,
+            "use --model select or poll or epoll or coroutine or uring",
+        );
     }
     let out = iomux(&[
         "serve",

@@ -77,7 +77,7 @@ fn main() -> io::Result<()> {
                 && conn.wants_read(MAX_OUTPUT)
             {
                 res = conn
-                    .on_readable(&mut s.input, &mut s.output, &s.counters)
+                    .on_readable(&mut s.input, &mut s.output, &s.counters, MAX_OUTPUT)
                     .map(drop);
             }
             if res.is_ok() && (event.is_writable() || event.is_error()) {

@@ -113,7 +113,7 @@ fn serve(
 ) -> io::Result<Option<Interest>> {
     // select reports EOF, resets and errors as "readable": the read tells.
     if event.is_readable() && conn.wants_read(MAX_OUTPUT) {
-        conn.on_readable(&mut s.input, &mut s.output, &s.counters)?;
+        conn.on_readable(&mut s.input, &mut s.output, &s.counters, MAX_OUTPUT)?;
     }
     if event.is_writable() {
         conn.on_writable(&s.counters)?;

@@ -96,7 +96,7 @@ fn read(sel: &mut Reactor<Server>, server: &mut Server, fd: RawFd, event: Event)
     {
         let s = &mut server.scratch;
         res = conn
-            .on_readable(&mut s.input, &mut s.output, &s.counters)
+            .on_readable(&mut s.input, &mut s.output, &s.counters, MAX_OUTPUT)
             .map(drop);
     }
     if res.is_ok() && (event.is_writable() || event.is_error()) {

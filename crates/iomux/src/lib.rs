@@ -8,7 +8,8 @@
 //! | [`selector`] | readiness multiplexing: select, poll and epoll behind one [`Selector`](selector::Selector) |
 //! | [`protocol`] | the sans-IO [`Handler`](protocol::Handler) every model serves (`upper`, `echo`) |
 //! | [`reactor`] | the event loop: I/O callbacks, timers, signals, posts from other threads, offload; coroutines on top |
-//! | [`conn`] | one non-blocking connection's pending output, bound and half-close state |
+//! | [`conn`] | the connection core: one connection's phase, parked input, bounded output, close decision |
+//! | [`counters`] | what a server counts, defined once |
 //! | [`server`] | one driver per I/O model, all serving the same handler |
 //! | [`uring`] | completion-based I/O: io_uring probe and ring (Linux, `uring` feature) |
 //! | [`sys`] | the raw syscalls, each turned into `io::Result` |
@@ -57,6 +58,7 @@
 
 pub mod budget;
 pub mod conn;
+pub mod counters;
 pub mod protocol;
 pub mod reactor;
 pub mod selector;

@@ -8,7 +8,7 @@
 mod chunking;
 mod util;
 
-use chunking::{run, Case, Choices, Seen};
+use chunking::{run, run_core, Case, Choices, Seen, Style};
 use iomux::protocol::Protocol;
 use util::Rng;
 
@@ -89,6 +89,39 @@ fn output_equals_one_shot_output_for_seeded_chunkings() {
     // The seeds must exercise what the property is about.
     assert!(total.partial_sends > 100, "{total:?}");
     assert!(total.paused > 100, "{total:?}");
+}
+
+/// The connection core, driven as each kind of driver drives it: the
+/// same output, the bound held, parked input at most one chunk, the EOF
+/// last.
+#[test]
+fn core_output_equals_one_shot_output_for_both_driver_styles() {
+    for style in [Style::Readiness, Style::Completion] {
+        let mut total = Seen::default();
+        for seed in 1..=400 {
+            let (case, mut choices) = case_for(seed);
+            let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_core(&case, style, &mut choices)
+            }))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{style:?} seed {seed}: {:?}, bound {}, chunk {}, {} input bytes",
+                    case.protocol,
+                    case.max_output,
+                    case.max_chunk,
+                    case.input.len()
+                )
+            });
+            total.steps += seen.steps;
+            total.partial_sends += seen.partial_sends;
+            total.paused += seen.paused;
+        }
+        assert!(total.partial_sends > 100, "{style:?}: {total:?}");
+        if style == Style::Completion {
+            // Input parked because the output was full.
+            assert!(total.paused > 100, "{style:?}: {total:?}");
+        }
+    }
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn slow_reader_is_bounded(case: Case) {
         config.max_output,
         config.read_chunk
     );
-    if model == Model::BusyPoll || model == Model::Uring || model.uses_reactor() {
+    if model == Model::BusyPoll || model.is_event_driven() {
         // Non-blocking models buffer up to the bound before they stop
         // reading: the check above was really exercised.
         assert!(

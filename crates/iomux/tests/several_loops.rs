@@ -32,7 +32,10 @@ fn only_the_loop_models_take_threads() {
             Err(e) => {
                 assert!(!model.supports_threads(), "{model}: {e}");
                 assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-                assert!(e.to_string().contains("runs one loop"), "{e}");
+                assert!(
+                    e.to_string().contains("(--threads) does not work on model"),
+                    "{e}"
+                );
             }
         }
     }

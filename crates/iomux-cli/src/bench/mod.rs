@@ -631,8 +631,9 @@ impl Probe for WindowProbe<'_> {
     }
 }
 
-fn delta(a: &Stats, b: &Stats, k: &str) -> f64 {
-    (b.get(k).copied().unwrap_or(0) as f64) - (a.get(k).copied().unwrap_or(0) as f64)
+/// How much `field` grew from `a` to `b`.
+fn delta(a: &Stats, b: &Stats, field: impl Fn(&Stats) -> u64) -> f64 {
+    field(b) as f64 - field(a) as f64
 }
 
 fn empty_row(
@@ -676,18 +677,10 @@ fn empty_row(
 /// Each loop's accepted connections, from a `stats` line, with more than
 /// one loop.
 fn loop_conns(stats: &Stats) -> Vec<u64> {
-    let loops = stats.get("loops").copied().unwrap_or(1);
-    if loops < 2 {
+    if stats.loop_accepted.len() < 2 {
         return Vec::new();
     }
-    (0..loops)
-        .map(|i| {
-            stats
-                .get(&format!("loop{i}_accepted"))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
+    stats.loop_accepted.clone()
 }
 
 fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
@@ -727,16 +720,20 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
     let secs = result.elapsed.as_secs_f64().max(1e-9);
     let rts = result.round_trips as f64;
     let per_rt = |x: f64| if rts > 0.0 { Some(x / rts) } else { None };
-    let cpu_s = delta(&s0, &s1, "cpu_us") / 1e6;
+    let cpu_s = delta(&s0, &s1, |s| s.cpu_us) / 1e6;
     let is_model = matches!(subject, Subject::Model(_));
     // io_uring's recv and send are submissions, not syscalls: its only
     // kernel entry is io_uring_enter, which it counts as a wait.
-    let counted: &[&str] = if subject == Subject::Model(Model::Uring) {
-        &["wait_calls", "ctl_calls"]
-    } else {
-        &["recv_calls", "send_calls", "wait_calls", "ctl_calls"]
-    };
-    let syscalls = counted.iter().map(|k| delta(&s0, &s1, k)).sum::<f64>();
+    let uring = subject == Subject::Model(Model::Uring);
+    let syscalls = delta(&s0, &s1, |s| {
+        let c = &s.counters;
+        let io = if uring {
+            0
+        } else {
+            c.recv_calls + c.send_calls
+        };
+        io + c.wait_calls + c.ctl_calls
+    });
     let h = &result.latency_ns;
     let mut status = failure;
     if result.errors > 0 {
@@ -761,12 +758,12 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         cpu_s_per_mrt: per_rt(cpu_s * 1e6).unwrap_or(0.0),
         server_cores: cpu_s / secs,
         waits_per_rt: if is_model {
-            per_rt(delta(&s0, &s1, "wait_calls"))
+            per_rt(delta(&s0, &s1, |s| s.counters.wait_calls))
         } else {
             None
         },
         syscalls_per_rt: if is_model { per_rt(syscalls) } else { None },
-        sleeps_per_rt: per_rt(delta(&s0, &s1, "vcsw")),
+        sleeps_per_rt: per_rt(delta(&s0, &s1, |s| s.vcsw)),
         peak_rss,
         rss_per_conn: rss_now.saturating_sub(rss_idle) as f64 / conns as f64,
         errors: result.errors,
@@ -818,7 +815,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
         threads: target.threads,
         conns,
         status: None,
-        cpu_pct: delta(&c0, &c1, "cpu_us") / 1e6 / secs * 100.0,
+        cpu_pct: delta(&c0, &c1, |s| s.cpu_us) / 1e6 / secs * 100.0,
     })
 }
 

@@ -6,7 +6,6 @@
 //! stdin with one line of counters (see [`crate::control`]). Closing its stdin
 //! stops it. Memory comes from `/proc/PID/status`, as the kernel sees it.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -23,8 +22,8 @@ pub struct ServerProc {
     pub addr: SocketAddr,
 }
 
-/// Counters the server reported, by name (see `control::format_stats`).
-pub type Stats = HashMap<String, u64>;
+/// What the server reported (see `control::format_stats`).
+pub type Stats = crate::control::ControlStats;
 
 impl ServerProc {
     /// Starts `iomux <args...>` and waits for its address line.
@@ -104,7 +103,7 @@ impl ServerProc {
     pub fn wait_accepted(&mut self, n: u64, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let got = self.stats()?.get("accepted").copied().unwrap_or(0);
+            let got = self.stats()?.counters.accepted;
             if got >= n || Instant::now() >= deadline {
                 return Ok(got);
             }

@@ -118,7 +118,7 @@ impl CloseReason {
     /// The reason for a connection that failed with `e`: [`Reset`](Self::Reset)
     /// when the peer went away, else [`Error`](Self::Error).
     pub fn of_error(e: &std::io::Error) -> CloseReason {
-        if crate::server::is_peer_gone(e) {
+        if crate::sys::is_peer_gone(e) {
             CloseReason::Reset
         } else {
             CloseReason::Error(e.kind())

@@ -455,12 +455,21 @@ impl<C> Reactor<C> {
     /// The selector's wait error; callbacks' errors are theirs to handle.
     pub fn run(&mut self, ctx: &mut C) -> io::Result<()> {
         loop {
-            if self.stop || self.shared.stop.swap(false, Ordering::AcqRel) {
-                self.stop = false;
+            if self.take_stop() {
                 return Ok(());
             }
             self.run_once(ctx, None)?;
         }
+    }
+
+    /// Whether a stop was asked for ([`stop`](Self::stop) or
+    /// [`Handle::stop`]) and not yet acted on; clears the request. For
+    /// loops of their own around [`run_once`](Self::run_once), such as
+    /// [`task::Runtime::block_on`].
+    pub fn take_stop(&mut self) -> bool {
+        let here = std::mem::take(&mut self.stop);
+        let there = self.shared.stop.swap(false, Ordering::AcqRel);
+        here || there
     }
 
     /// One turn of the loop (the phases are listed in the module docs),

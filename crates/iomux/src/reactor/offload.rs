@@ -27,6 +27,10 @@ pub enum OffloadError {
     },
     /// The pool's threads could not be started.
     Spawn(String),
+    /// The job panicked, with this message (a task's
+    /// [`offload`](super::task::offload) reports it so; a callback of
+    /// [`Reactor::offload`](super::Reactor::offload) gets the panic itself).
+    Panicked(String),
 }
 
 impl fmt::Display for OffloadError {
@@ -37,6 +41,7 @@ impl fmt::Display for OffloadError {
                 "offload queue full ({capacity} jobs waiting); retry when a job completes, or raise the queue bound"
             ),
             OffloadError::Spawn(e) => write!(f, "cannot start offload threads: {e}"),
+            OffloadError::Panicked(msg) => write!(f, "the offloaded job panicked: {msg}"),
         }
     }
 }

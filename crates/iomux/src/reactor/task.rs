@@ -16,6 +16,30 @@
 //!   directions a task waits on, so a writable socket nobody writes to
 //!   cannot make the loop spin.
 //!
+//! Every task waiting on a direction of an `Async` is woken by its next
+//! event: each direction keeps a list of waiters (a task once, however
+//! often it polls), so two readers of one socket, or several writers
+//! waiting for room in it, all run again. A waker called on another thread
+//! queues its task and wakes the loop through the selector's waker.
+//!
+//! What tasks have:
+//! * [`spawn`] returns a [`JoinHandle`]: await the task's output, or
+//!   [`abort`](JoinHandle::abort) it; dropping the handle detaches it.
+//!   [`spawn_detached`] skips the handle and its cost.
+//! * [`Runtime::block_on`] returns when its future completes, or when the
+//!   loop is stopped ([`Reactor::stop`] from a callback, [`Handle::stop`]
+//!   from another thread): an `Interrupted` error then ([`is_stopped`]).
+//! * [`sleep`], [`sleep_until`], [`timeout`] and [`interval`]: timers of
+//!   the reactor's own heap, disarmed when their future is dropped.
+//! * [`offload`]: a closure on the reactor's offload pool, its result
+//!   awaited ([`Options::offload_threads`] threads).
+//! * [`signal`]: a signal's deliveries, through the reactor's self-pipe.
+//! * With the `futures` feature, `futures-io`'s `AsyncRead`/`AsyncWrite`
+//!   for `Async<TcpStream>` and `Async<UnixStream>` (and their `&`), and
+//!   `futures-core`'s `Stream` for [`Interval`] and [`Signals`], so that
+//!   `futures-util` (`BufReader`, `copy`, `split`) and `futures-channel`
+//!   work on this executor.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -45,6 +69,7 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -54,15 +79,69 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
 
-use super::{Handle, IoId, Options, Reactor};
+use super::{Handle, IoId, Options, Reactor, TimerId};
 use crate::selector::{Event, Interest, Mode};
+
+#[cfg(feature = "futures")]
+mod io_traits;
+mod join;
+mod offload;
+mod signal;
+mod time;
+
+pub use join::{Cancelled, JoinHandle};
+pub use offload::{offload, Offload};
+pub use signal::{signal, Signals};
+pub use time::{interval, sleep, sleep_until, timeout, Interval, Sleep};
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 const READ: u8 = 1;
 const WRITE: u8 = 2;
+
+/// The tasks waiting for one direction of one fd. Every one of them is
+/// woken by the next event: a task's waker is kept once however often it
+/// polls, and a waiter that went away costs one spurious wake at most. The
+/// first waiter has a slot of its own, so the usual single waiter costs no
+/// allocation.
+#[derive(Default)]
+struct Waiters(RefCell<(Option<Waker>, Vec<Waker>)>);
+
+impl Waiters {
+    fn add(&self, waker: &Waker) {
+        let mut list = self.0.borrow_mut();
+        let (first, more) = &mut *list;
+        match first {
+            // `more` is empty while `first` is: nothing else to compare.
+            None => *first = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => {}
+            Some(_) => {
+                if !more.iter().any(|w| w.will_wake(waker)) {
+                    more.push(waker.clone());
+                }
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        // Taken out first: a waker may run code that waits here again.
+        let (first, mut more) = {
+            let mut list = self.0.borrow_mut();
+            (list.0.take(), std::mem::take(&mut list.1))
+        };
+        if let Some(w) = first {
+            w.wake();
+        }
+        for w in more.drain(..) {
+            w.wake();
+        }
+        let mut list = self.0.borrow_mut();
+        if list.1.is_empty() {
+            list.1 = more; // keep the allocation
+        }
+    }
+}
 
 /// One fd's readiness, shared by its [`Async`] and its reactor watcher.
 struct Source {
@@ -72,8 +151,8 @@ struct Source {
     /// The peer hung up or the fd has an error: reads end in EOF or an
     /// error, which no further edge announces.
     closed: Cell<bool>,
-    read_waker: RefCell<Option<Waker>>,
-    write_waker: RefCell<Option<Waker>>,
+    readers: Waiters,
+    writers: Waiters,
     /// Level-triggered backends: the directions tasks wait on.
     wanted: Cell<u8>,
     /// Level-triggered backends: what the selector watches now.
@@ -96,14 +175,10 @@ impl Source {
         }
         self.ready.set(self.ready.get() | bits);
         if bits & READ != 0 {
-            if let Some(w) = self.read_waker.borrow_mut().take() {
-                w.wake();
-            }
+            self.readers.wake_all();
         }
         if bits & WRITE != 0 {
-            if let Some(w) = self.write_waker.borrow_mut().take() {
-                w.wake();
-            }
+            self.writers.wake_all();
         }
     }
 
@@ -111,15 +186,10 @@ impl Source {
         if self.ready.get() & bit != 0 {
             return Poll::Ready(());
         }
-        let slot = if bit == READ {
-            &self.read_waker
+        if bit == READ {
+            self.readers.add(cx.waker());
         } else {
-            &self.write_waker
-        };
-        let mut slot = slot.borrow_mut();
-        match &*slot {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => *slot = Some(cx.waker().clone()),
+            self.writers.add(cx.waker());
         }
         self.wanted.set(self.wanted.get() | bit);
         Poll::Pending
@@ -133,13 +203,19 @@ struct Pending {
     register: Vec<Rc<Source>>,
     remove: Vec<IoId>,
     spawn: Vec<Task>,
-    sleep: Vec<(Instant, Rc<SleepState>)>,
+    timers: Vec<Rc<time::TimerState>>,
+    cancel_timers: Vec<TimerId>,
+    signals: Vec<Rc<signal::SignalState>>,
+    unwatch_signals: Vec<i32>,
 }
 
 struct Shared {
     pending: RefCell<Pending>,
     /// Sources whose wanted set may differ from the watched one (level).
     sources: RefCell<Vec<std::rc::Weak<Source>>>,
+    /// Offload jobs not yet handed to the pool, first come first served:
+    /// they wait here while the pool's queue is full.
+    offload: RefCell<VecDeque<Box<dyn offload::Submit>>>,
     edge: bool,
 }
 
@@ -207,7 +283,7 @@ impl Executor {
         self.live
     }
 
-    fn insert(&mut self, task: Task) {
+    fn insert(&mut self, task: Task) -> usize {
         let id = self.free.pop().unwrap_or(self.tasks.len());
         let waker = Waker::from(Arc::new(TaskWaker {
             id,
@@ -224,6 +300,20 @@ impl Executor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(id);
+        id
+    }
+
+    /// Drops task `id` now (its Async values are deregistered at once).
+    fn cancel(&mut self, id: usize, r: &mut Reactor<Executor>) {
+        let _current = Current::enter(&self.shared);
+        if let Some(slot) = self.tasks.get_mut(id) {
+            if let Some(task) = slot.take() {
+                drop(task);
+                self.free.push(id);
+                self.live -= 1;
+            }
+        }
+        self.apply(r);
     }
 
     /// Polls every woken task, then applies what they asked for. Runs as
@@ -279,6 +369,12 @@ impl Executor {
         for id in pending.remove {
             let _ = r.remove_io(id);
         }
+        for id in pending.cancel_timers {
+            r.cancel_timer(id);
+        }
+        for signo in pending.unwatch_signals {
+            r.remove_signal(signo);
+        }
         for src in pending.register {
             if src.dropped.get() {
                 continue;
@@ -311,23 +407,18 @@ impl Executor {
                     let _ = e;
                     src.closed.set(true);
                     src.ready.set(READ | WRITE);
-                    for w in [&src.read_waker, &src.write_waker] {
-                        if let Some(w) = w.borrow_mut().take() {
-                            w.wake();
-                        }
-                    }
+                    src.readers.wake_all();
+                    src.writers.wake_all();
                 }
             }
         }
-        for (deadline, state) in pending.sleep {
-            let after = deadline.saturating_duration_since(Instant::now());
-            r.add_timer(after, move |_, _| {
-                state.fired.set(true);
-                if let Some(w) = state.waker.borrow_mut().take() {
-                    w.wake();
-                }
-            });
+        for state in pending.timers {
+            time::arm(r, state);
         }
+        for state in pending.signals {
+            signal::watch(r, state);
+        }
+        offload::submit_waiting(&self.shared, r);
         if !self.shared.edge {
             self.sync_level(r);
         }
@@ -439,6 +530,7 @@ impl Runtime {
             shared: Rc::new(Shared {
                 pending: RefCell::new(Pending::default()),
                 sources: RefCell::new(Vec::new()),
+                offload: RefCell::new(VecDeque::new()),
                 edge,
             }),
             scratch: Vec::new(),
@@ -452,9 +544,12 @@ impl Runtime {
         &mut self.reactor
     }
 
-    /// Adds a task; it runs once the runtime does.
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + 'static) {
-        self.executor.insert(Box::pin(task));
+    /// Adds a task; it runs once the runtime does. The handle awaits its
+    /// output or aborts it; dropping the handle lets the task run on.
+    pub fn spawn<F: Future + 'static>(&mut self, task: F) -> JoinHandle<F::Output> {
+        let (task, handle) = join::wrap(task);
+        self.executor.insert(task);
+        handle
     }
 
     /// Tasks not finished yet.
@@ -462,18 +557,30 @@ impl Runtime {
         self.executor.live
     }
 
-    /// Runs the loop until `fut` completes, with the other tasks beside it.
+    /// Runs the loop until `fut` completes, with the other tasks beside it,
+    /// or until the loop is stopped: by [`Reactor::stop`] from a callback
+    /// (a signal's, a timer's) or by [`Handle::stop`] from another thread
+    /// (the handle of [`reactor`](Self::reactor)). A stop requested before
+    /// the call ends it at once, as it ends [`Reactor::run`].
+    ///
+    /// On stop, `fut` is dropped (its `Async` values deregistered) and the
+    /// result is an error of kind [`Interrupted`](io::ErrorKind::Interrupted)
+    /// ([`is_stopped`] tells it from an OS error). The other tasks stay:
+    /// they run again on the next `block_on`, or drop with the runtime.
     ///
     /// # Errors
-    /// The reactor's wait error.
+    /// The stop, as above; the reactor's wait error.
     pub fn block_on<F: Future + 'static>(&mut self, fut: F) -> io::Result<F::Output> {
-        let out = Rc::new(RefCell::new(None));
-        let slot = out.clone();
-        self.executor.insert(Box::pin(async move {
-            let v = fut.await;
-            *slot.borrow_mut() = Some(v);
-        }));
+        let (task, handle) = join::wrap(fut);
+        let id = self.executor.insert(task);
         loop {
+            if let Some(v) = handle.take_output() {
+                return Ok(v);
+            }
+            if self.reactor.take_stop() {
+                self.executor.cancel(id, &mut self.reactor);
+                return Err(io::Error::new(io::ErrorKind::Interrupted, Stopped));
+            }
             // Tasks are polled in the check phase: make sure a turn comes
             // without waiting when some are ready.
             if !self
@@ -486,12 +593,31 @@ impl Runtime {
             {
                 self.reactor.request_turn();
             }
-            self.reactor.run_once(&mut self.executor, None)?;
-            if let Some(v) = out.borrow_mut().take() {
-                return Ok(v);
+            if let Err(e) = self.reactor.run_once(&mut self.executor, None) {
+                self.executor.cancel(id, &mut self.reactor);
+                return Err(e);
             }
         }
     }
+}
+
+/// Why [`Runtime::block_on`] returned before its future completed: the
+/// loop was stopped. Carried by an `io::Error` of kind `Interrupted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the event loop was stopped (Reactor::stop or Handle::stop) before the future completed; it was dropped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether `e` is the error [`Runtime::block_on`] returns when the loop is
+/// stopped (not an `EINTR` from the OS).
+pub fn is_stopped(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 
 impl Drop for Runtime {
@@ -502,12 +628,27 @@ impl Drop for Runtime {
     }
 }
 
-/// Starts a task on the current thread's runtime.
+/// Starts a task on the current thread's runtime. The handle awaits the
+/// task's output or aborts it; dropping it lets the task run on
+/// (detached), so `spawn(fut);` alone is a fire-and-forget.
 ///
 /// # Panics
 /// Outside a [`Runtime`] (there is nothing to run the task).
-pub fn spawn(task: impl Future<Output = ()> + 'static) {
+pub fn spawn<F: Future + 'static>(task: F) -> JoinHandle<F::Output> {
     let shared = current().expect("spawn needs a running Runtime on this thread");
+    let (task, handle) = join::wrap(task);
+    shared.pending.borrow_mut().spawn.push(task);
+    handle
+}
+
+/// Starts a task whose output and end no one awaits: the cost of the
+/// future alone (one allocation), where [`spawn`] adds a shared join state
+/// (about 130 bytes). For servers' connection tasks.
+///
+/// # Panics
+/// Outside a [`Runtime`] (there is nothing to run the task).
+pub fn spawn_detached(task: impl Future<Output = ()> + 'static) {
+    let shared = current().expect("spawn_detached needs a running Runtime on this thread");
     shared.pending.borrow_mut().spawn.push(Box::pin(task));
 }
 
@@ -520,37 +661,6 @@ pub async fn yield_now() {
         } else {
             yielded = true;
             cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-struct SleepState {
-    fired: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-/// Completes `d` from now, on a reactor timer.
-///
-/// # Errors
-/// Outside a runtime.
-pub async fn sleep(d: Duration) -> io::Result<()> {
-    let shared = current()?;
-    let state = Rc::new(SleepState {
-        fired: Cell::new(false),
-        waker: RefCell::new(None),
-    });
-    shared
-        .pending
-        .borrow_mut()
-        .sleep
-        .push((Instant::now() + d, state.clone()));
-    poll_fn(|cx| {
-        if state.fired.get() {
-            Poll::Ready(Ok(()))
-        } else {
-            *state.waker.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         }
     })
@@ -584,8 +694,8 @@ impl<T: AsRawFd> Async<T> {
             fd,
             ready: Cell::new(0),
             closed: Cell::new(false),
-            read_waker: RefCell::new(None),
-            write_waker: RefCell::new(None),
+            readers: Waiters::default(),
+            writers: Waiters::default(),
             wanted: Cell::new(0),
             watched: Cell::new(0),
             id: Cell::new(None),
@@ -643,19 +753,48 @@ impl<T: AsRawFd> Async<T> {
         self.source.closed.get()
     }
 
+    /// The poll form of [`read_with`](Self::read_with): `op` runs while the
+    /// fd is readable, until it stops returning `WouldBlock`.
+    fn poll_read_with<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            if self.poll_readable(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_readable(),
+                res => return Poll::Ready(res),
+            }
+        }
+    }
+
+    /// The poll form of [`write_with`](Self::write_with).
+    fn poll_write_with<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            if self.poll_writable(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_writable(),
+                res => return Poll::Ready(res),
+            }
+        }
+    }
+
     /// Runs `op` once the fd is readable, until it stops returning
     /// `WouldBlock`.
     ///
     /// # Errors
     /// `op`'s error.
     pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        loop {
-            self.readable().await;
-            match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_readable(),
-                res => return res,
-            }
-        }
+        poll_fn(|cx| self.poll_read_with(cx, &mut op)).await
     }
 
     /// Runs `op` once the fd is writable, until it stops returning
@@ -664,13 +803,7 @@ impl<T: AsRawFd> Async<T> {
     /// # Errors
     /// `op`'s error.
     pub async fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        loop {
-            self.writable().await;
-            match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear_writable(),
-                res => return res,
-            }
-        }
+        poll_fn(|cx| self.poll_write_with(cx, &mut op)).await
     }
 }
 

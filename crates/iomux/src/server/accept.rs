@@ -78,14 +78,12 @@ impl FdExhaustion {
         }
     }
 
-    /// Whether `model` can follow this policy.
+    /// Whether `model` can follow this policy (its row of the
+    /// [capabilities table](super::Capabilities)).
     pub fn supported_by(self, model: Model) -> bool {
         match self {
             FdExhaustion::Pause | FdExhaustion::ReserveFd => true,
-            FdExhaustion::Shed => matches!(
-                model,
-                Model::Select | Model::Poll | Model::Epoll | Model::Uring
-            ),
+            FdExhaustion::Shed => model.capabilities().shed,
         }
     }
 }

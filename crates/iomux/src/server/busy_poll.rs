@@ -130,7 +130,9 @@ fn step<H: Handler>(
 ) -> Option<CloseReason> {
     let mut res = Ok(());
     if conn.wants_read(config.max_output) {
-        res = conn.on_readable(scratch, scratch_out, counters).map(drop);
+        res = conn
+            .on_readable(scratch, scratch_out, counters, config.max_output)
+            .map(drop);
     }
     if res.is_ok() && conn.wants_write() {
         res = conn.on_writable(counters);

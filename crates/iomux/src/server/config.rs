@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use super::{FdExhaustion, Model};
+use super::{FdExhaustion, Model, Setting};
 
 /// A validated server configuration.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -133,10 +133,24 @@ impl Config {
         Ok(())
     }
 
-    /// [`validate`](Config::validate), and whether `model` can follow
-    /// every setting: [`threads`](Config::threads) loops, a
-    /// [`latency_budget`](Config::latency_budget), and the
-    /// [`on_fd_exhaustion`](Config::on_fd_exhaustion) policy.
+    /// The settings in use that only some models support.
+    pub fn settings(&self) -> Vec<Setting> {
+        Setting::ALL
+            .into_iter()
+            .filter(|s| match s {
+                Setting::Threads => self.threads > 1,
+                Setting::IdleTimeout => self.idle_timeout.is_some(),
+                Setting::Offload => self.offload_threads > 0,
+                Setting::Shed => self.on_fd_exhaustion == FdExhaustion::Shed,
+                Setting::UringBatchWait => self.uring_batch_wait.is_some(),
+                Setting::LatencyBudget => self.latency_budget.is_some(),
+            })
+            .collect()
+    }
+
+    /// [`validate`](Config::validate), and whether `model` supports every
+    /// setting in use ([`settings`](Config::settings)), by its row of the
+    /// [capabilities table](super::Capabilities).
     ///
     /// ```
     /// use iomux::server::{Config, FdExhaustion, Model};
@@ -149,45 +163,16 @@ impl Config {
     /// ```
     ///
     /// # Errors
-    /// `InvalidInput` naming the bad field, the models that take `threads`
-    /// above 1, or the policy `model` cannot follow.
+    /// `InvalidInput` naming the bad field, or the first setting `model`
+    /// does not support and the models that do.
     pub fn validate_for(&self, model: Model) -> io::Result<()> {
         self.validate()?;
-        if self.threads > 1 && !model.supports_threads() {
-            let names: Vec<_> = Model::ALL
-                .into_iter()
-                .filter(|m| m.supports_threads())
-                .map(Model::name)
-                .collect();
-            return Err(io::Error::new(
+        match self.settings().into_iter().find(|s| !s.supported_by(model)) {
+            Some(s) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "model {model} runs one loop; threads above 1 are for {}",
-                    names.join(", ")
-                ),
-            ));
+                s.refusal(model),
+            )),
+            None => Ok(()),
         }
-        if self.uring_batch_wait.is_some() && model != Model::Uring {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("uring_batch_wait is for the uring model only, not {model}"),
-            ));
-        }
-        if self.latency_budget.is_some() && !model.supports_latency_budget() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the {model} model has no wait to delay, so latency_budget cannot batch its wake-ups; use select, poll, epoll, coroutine or uring"),
-            ));
-        }
-        if !self.on_fd_exhaustion.supported_by(model) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the {model} model cannot follow --on-fd-exhaustion {}: only select, poll, epoll and uring own every connection in one loop and can pick one to close; use reserve-fd or pause",
-                    self.on_fd_exhaustion
-                ),
-            ));
-        }
-        Ok(())
     }
 }

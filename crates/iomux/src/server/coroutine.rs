@@ -128,7 +128,13 @@ async fn accept_loop<F: Factory>(
                         live: live.clone(),
                     };
                     let handler = factory.new_handler();
-                    task::spawn(connection(stream, handler, config, scratch.clone(), guard));
+                    task::spawn_detached(connection(
+                        stream,
+                        handler,
+                        config,
+                        scratch.clone(),
+                        guard,
+                    ));
                 }
                 Accepted::Again => {}
                 Accepted::Empty | Accepted::TurnedAway => {
@@ -176,11 +182,7 @@ struct Owned<H: Handler> {
 
 impl<H: Handler> Drop for Owned<H> {
     fn drop(&mut self) {
-        let conn = self.conn.get_mut();
-        conn.release_pending(&self.counters);
-        if let Some(mut h) = conn.take_handler() {
-            h.on_close(self.reason);
-        }
+        self.conn.get_mut().release(&self.counters, self.reason);
     }
 }
 
@@ -258,7 +260,8 @@ async fn serve_connection<H: Handler>(
                 let state = {
                     let mut bufs = scratch.borrow_mut();
                     let (input, output) = &mut *bufs;
-                    conn.get_mut().on_readable(input, output, counters)?
+                    conn.get_mut()
+                        .on_readable(input, output, counters, max_output)?
                 };
                 if pending_before == 0 && conn.get_ref().wants_write() {
                     // The reply's send was partial: the socket is full.

@@ -130,7 +130,10 @@ pub fn serve_loops<F: Factory>(
             ),
         ));
     }
-    if n == 1 {
+    // One loop that watches signals itself (select, poll, epoll) runs on
+    // this thread; any other model watches them from here, as with
+    // several loops.
+    if n == 1 && (!config.catch_signals || model.backend().is_some()) {
         let listener = listeners.into_iter().next().expect("one listener");
         return serve_one(model, listener, config, stop, &counters.loops()[0], factory);
     }

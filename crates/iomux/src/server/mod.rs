@@ -49,7 +49,6 @@ mod blocking;
 mod busy_poll;
 mod config;
 mod coroutine;
-mod counters;
 mod loops;
 mod model;
 mod pool;
@@ -59,12 +58,13 @@ mod threaded;
 #[cfg(all(target_os = "linux", feature = "uring"))]
 mod uring;
 
+pub use crate::counters::{Counters, ServerCounters, Snapshot};
+pub use crate::sys::is_peer_gone;
 pub(crate) use accept::{Accepted, Acceptor};
 pub use accept::{FdExhaustion, ACCEPT_BACKOFF};
 pub use config::Config;
-pub use counters::{Counters, ServerCounters, Snapshot};
 pub use loops::{bind_loops, serve_loops};
-pub use model::Model;
+pub use model::{Capabilities, Model, Setting};
 pub use stop::Stop;
 
 /// Serves `listener` with `model` on the calling thread until `stop` is
@@ -92,6 +92,12 @@ pub fn serve<F: Factory>(
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "serve runs one loop; for threads above 1, bind with bind_loops and call serve_loops",
+        ));
+    }
+    if config.catch_signals && model.backend().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("catch_signals: the {model} loop does not watch signals itself; serve it with serve_loops or Server::spawn, which watch them on the calling thread"),
         ));
     }
     match model {
@@ -193,16 +199,4 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
-}
-
-/// Whether an I/O error means the peer went away (reset, broken pipe):
-/// closed quietly and counted in `resets`.
-pub fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::NotConnected
-    )
 }

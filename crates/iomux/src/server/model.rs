@@ -84,19 +84,22 @@ impl Model {
         }
     }
 
-    /// Whether the model runs on a [`Reactor`](crate::reactor::Reactor),
-    /// and so has idle timeouts, graceful drain and signal handling.
-    pub fn uses_reactor(self) -> bool {
+    /// Whether the model is event-driven: one thread serves every
+    /// connection from one loop that waits for events (select, poll,
+    /// epoll, coroutine, uring), so output is bounded per connection
+    /// ([`Config::max_output`](super::Config::max_output)) rather than
+    /// by a thread blocked in `send`.
+    pub fn is_event_driven(self) -> bool {
         matches!(
             self,
-            Model::Select | Model::Poll | Model::Epoll | Model::Coroutine
+            Model::Select | Model::Poll | Model::Epoll | Model::Coroutine | Model::Uring
         )
     }
 
     /// Whether the model serves clients concurrently (all but iterative
     /// blocking).
     pub fn is_concurrent(self) -> bool {
-        self != Model::Blocking
+        self.capabilities().concurrent
     }
 
     /// Whether the model can serve with several loops, one per thread,
@@ -104,7 +107,39 @@ impl Model {
     /// and uring. The others run one loop, or are already a thread per
     /// connection or per worker.
     pub fn supports_threads(self) -> bool {
-        matches!(self, Model::Epoll | Model::Coroutine | Model::Uring)
+        self.capabilities().threads
+    }
+
+    /// What the model supports: its row of the [capabilities
+    /// table](Capabilities), from which validation
+    /// ([`Config::validate_for`](super::Config::validate_for)), the CLI's
+    /// refusals and the README's table all come.
+    pub const fn capabilities(self) -> Capabilities {
+        CAPABILITIES[self as usize]
+    }
+
+    /// The capabilities table in Markdown, one row per model: the
+    /// README's table is this text (a test checks it).
+    pub fn capability_table() -> String {
+        let yes = |b: bool| if b { "yes" } else { "-" };
+        let mut t = String::from(
+            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` | `--latency-budget` |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for m in Model::ALL {
+            let c = m.capabilities();
+            t += &format!(
+                "| `{m}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                yes(c.concurrent),
+                yes(c.threads),
+                yes(c.idle_timeout),
+                yes(c.drain),
+                yes(c.offload),
+                yes(c.shed),
+                yes(c.uring_batch_wait),
+                yes(c.latency_budget)
+            );
+        }
+        t
     }
 
     /// Whether the model waits for many connections' events at once, so a
@@ -112,7 +147,7 @@ impl Model {
     /// select, poll, epoll, coroutine and uring. The thread models wait
     /// per connection, and busy-poll never waits.
     pub fn supports_latency_budget(self) -> bool {
-        self.uses_reactor() || self == Model::Uring
+        self.capabilities().latency_budget
     }
 
     /// Whether this platform can run the model (for [`Model::Uring`], a
@@ -145,5 +180,147 @@ impl FromStr for Model {
                 let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
                 format!("unknown model {s:?}; expected auto, {}", names.join(", "))
             })
+    }
+}
+
+/// What one model supports (a row of the table, like libev's
+/// `ev_supported_backends`): a setting a model does not support is
+/// refused by [`Config::validate_for`](super::Config::validate_for) with
+/// one line that names the models that do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Serves several clients at once (iterative `blocking` does not).
+    pub concurrent: bool,
+    /// Several loops, one per thread ([`Config::threads`](super::Config::threads) above 1).
+    pub threads: bool,
+    /// Closes idle connections ([`Config::idle_timeout`](super::Config::idle_timeout)).
+    pub idle_timeout: bool,
+    /// On stop, stops accepting and reading, sends what was produced, then
+    /// closes, within [`Config::drain_timeout`](super::Config::drain_timeout).
+    /// The others close at once (busy-poll) or leave each connection to
+    /// its thread (blocking, threaded, pool).
+    pub drain: bool,
+    /// Runs the handler on an offload pool ([`Config::offload_threads`](super::Config::offload_threads)).
+    pub offload: bool,
+    /// Can close an idle connection to make room
+    /// ([`FdExhaustion::Shed`](super::FdExhaustion::Shed)): it owns every
+    /// connection in one loop.
+    pub shed: bool,
+    /// [`Config::uring_batch_wait`](super::Config::uring_batch_wait).
+    pub uring_batch_wait: bool,
+    /// [`Config::latency_budget`](super::Config::latency_budget): it waits
+    /// for many connections' events at once, so there is a wait to delay
+    /// and a batch to gather.
+    pub latency_budget: bool,
+}
+
+// One argument per column of the table below.
+#[allow(clippy::too_many_arguments)]
+const fn caps(
+    concurrent: bool,
+    threads: bool,
+    idle_timeout: bool,
+    drain: bool,
+    offload: bool,
+    shed: bool,
+    uring_batch_wait: bool,
+    latency_budget: bool,
+) -> Capabilities {
+    Capabilities {
+        concurrent,
+        threads,
+        idle_timeout,
+        drain,
+        offload,
+        shed,
+        uring_batch_wait,
+        latency_budget,
+    }
+}
+
+/// The table, in the order of [`Model::ALL`] (the enum's order).
+#[rustfmt::skip]
+const CAPABILITIES: [Capabilities; 9] = [
+    //   concurrent threads idle   drain  offload shed   batch  budget
+    caps(false,     false,  false, false, false,  false, false, false), // blocking
+    caps(true,      false,  false, false, false,  false, false, false), // threaded
+    caps(true,      false,  false, false, false,  false, false, false), // pool
+    caps(true,      false,  false, false, false,  false, false, false), // busy-poll
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // select
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // poll
+    caps(true,      true,   true,  true,  true,   true,  false, true),  // epoll
+    caps(true,      true,   false, false, false,  false, false, true),  // coroutine
+    caps(true,      true,   false, false, false,  true,  true,  true),  // uring
+];
+
+/// A setting of [`Config`](super::Config) that only some models support.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// [`Config::threads`](super::Config::threads) above 1.
+    Threads,
+    /// [`Config::idle_timeout`](super::Config::idle_timeout).
+    IdleTimeout,
+    /// [`Config::offload_threads`](super::Config::offload_threads) above 0.
+    Offload,
+    /// [`FdExhaustion::Shed`](super::FdExhaustion::Shed).
+    Shed,
+    /// [`Config::uring_batch_wait`](super::Config::uring_batch_wait).
+    UringBatchWait,
+    /// [`Config::latency_budget`](super::Config::latency_budget).
+    LatencyBudget,
+}
+
+impl Setting {
+    /// Every setting that some model does not support.
+    pub const ALL: [Setting; 6] = [
+        Setting::Threads,
+        Setting::IdleTimeout,
+        Setting::Offload,
+        Setting::Shed,
+        Setting::UringBatchWait,
+        Setting::LatencyBudget,
+    ];
+
+    /// The config field and the CLI flag, as error lines name them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Threads => "threads above 1 (--threads)",
+            Setting::IdleTimeout => "idle_timeout (--idle-timeout)",
+            Setting::Offload => "offload_threads (--offload)",
+            Setting::Shed => "on_fd_exhaustion shed (--on-fd-exhaustion shed)",
+            Setting::UringBatchWait => "uring_batch_wait (--uring-batch-wait)",
+            Setting::LatencyBudget => "latency_budget (--latency-budget)",
+        }
+    }
+
+    /// Whether `model` supports the setting: its capabilities row.
+    pub fn supported_by(self, model: Model) -> bool {
+        let c = model.capabilities();
+        match self {
+            Setting::Threads => c.threads,
+            Setting::IdleTimeout => c.idle_timeout,
+            Setting::Offload => c.offload,
+            Setting::Shed => c.shed,
+            Setting::UringBatchWait => c.uring_batch_wait,
+            Setting::LatencyBudget => c.latency_budget,
+        }
+    }
+
+    /// The one line that refuses the setting on `model`, naming what to
+    /// use instead.
+    pub fn refusal(self, model: Model) -> String {
+        let with: Vec<&str> = Model::ALL
+            .into_iter()
+            .filter(|&m| self.supported_by(m))
+            .map(Model::name)
+            .collect();
+        let instead = match self {
+            Setting::Shed => format!(
+                "only a model that owns every connection in one loop can pick one to close ({}); use reserve-fd or pause",
+                with.join(", ")
+            ),
+            _ => format!("use --model {}", with.join(" or ")),
+        };
+        format!("{} does not work on model {model}; {instead}", self.name())
     }
 }

@@ -117,11 +117,15 @@ impl<H: Handler> Slot<H> {
             if !self.maybe_readable || !self.conn.wants_read(max_output) {
                 break;
             }
-            self.maybe_readable = match self.conn.on_readable(scratch, scratch_out, counters)? {
-                ReadState::Full => true,
-                ReadState::Short => self.peer_closed,
-                ReadState::Drained => false,
-            };
+            self.maybe_readable =
+                match self
+                    .conn
+                    .on_readable(scratch, scratch_out, counters, max_output)?
+                {
+                    ReadState::Full => true,
+                    ReadState::Short => self.peer_closed,
+                    ReadState::Drained => false,
+                };
         }
         Ok(())
     }

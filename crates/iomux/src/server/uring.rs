@@ -16,18 +16,22 @@
 //!   nobody waiting); before the pause, [`FdExhaustion::ReserveFd`] turns
 //!   the waiting clients away and [`FdExhaustion::Shed`] closes as many
 //!   idle connections as clients wait (at most [`SHED_BATCH`]);
-//! * every connection has one multishot recv armed (one recv per message
-//!   before 6.0) that takes a buffer from the shared provided-buffer ring
-//!   only when data arrives: an idle connection holds no buffer;
-//! * received bytes go straight from the kernel's buffer to the handler,
-//!   whose reply is sent with one send submission; bytes produced while a
-//!   send is in flight wait in the connection and go in the next one;
-//! * a connection whose unsent output reaches [`Config::max_output`] has its
-//!   recv cancelled; bytes that were already on their way are parked
-//!   unprocessed and fed to the handler once output drains, so the handler
-//!   never runs with the bound exceeded; recv is re-armed after that;
-//! * the peer's EOF (a recv of 0) is handed to the handler after any parked
-//!   input, pending output is flushed, then the connection closes;
+//! * every connection has a recv armed that takes a buffer from the shared
+//!   provided-buffer ring only when data arrives (an idle connection holds
+//!   no buffer): multishot (one per message before 6.0) while its output is
+//!   below half of [`Config::max_output`], single-shot above that, none at
+//!   the bound;
+//! * received bytes go straight from the kernel's buffer to the
+//!   connection's [`Core`] (the same core as every non-blocking model):
+//!   the handler's reply is queued there and sent with one send
+//!   submission; bytes produced while a send is in flight wait and go in
+//!   the next one. The bytes of the send in flight count against the
+//!   bound;
+//! * bytes a recv delivers once the output is full (a multishot recv in
+//!   flight when the bound was crossed) are parked by the core,
+//!   unprocessed, and fed to the handler as output drains: the handler
+//!   never runs with the bound exceeded, and the peer's EOF reaches it
+//!   after them;
 //! * a connection is freed, and its fd closed, only once none of its
 //!   operations is in flight (closing cancels them and waits for their
 //!   completions), since the kernel may use their buffers until then;
@@ -50,7 +54,6 @@ use std::io;
 use std::mem;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +65,8 @@ use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
 use crate::budget::LatencyBudget;
-use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::conn::{Core, Phase};
+use crate::protocol::{CloseReason, Factory};
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
 
@@ -115,52 +119,25 @@ fn decode(ud: u64) -> (u64, u32, usize) {
     )
 }
 
-/// A connection's buffers, held only while it has bytes in hand (taken
-/// from and given back to the loop's spares), so an idle connection is a
-/// few words.
-#[derive(Default)]
-struct Io {
-    /// Output produced and not yet handed to a send.
-    out: Vec<u8>,
-    /// The buffer of the send in flight, `sending[sent..]` unsent. Never
-    /// touched, moved out or freed while the send is in flight.
-    sending: Vec<u8>,
-    sent: usize,
-    /// Input that arrived while output was full; fed to the handler later.
-    parked: Vec<u8>,
-}
-
-impl Io {
-    fn pending(&self) -> usize {
-        self.out.len() + self.sending.len() - self.sent
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pending() == 0 && self.parked.is_empty()
-    }
-}
-
-/// Spare buffer sets. Boxed on purpose: lending one to a connection moves
-/// a pointer, and the box itself is reused rather than reallocated.
-#[allow(clippy::vec_box)]
-type Spare = Vec<Box<Io>>;
+/// Emptied send buffers kept for reuse, and the largest kept.
+type Spare = Vec<Vec<u8>>;
 
 struct Slot<H> {
     stream: TcpStream,
-    handler: H,
+    /// The connection core: handler, phase, parked input, bounded output.
+    core: Core<H>,
     gen: u32,
-    /// `None` while the connection holds no bytes.
-    io: Option<Box<Io>>,
+    /// The buffer of the send in flight, `sending[sent..]` unsent. Never
+    /// touched, moved out or freed while the send is in flight; empty (no
+    /// capacity) while no send is.
+    sending: Vec<u8>,
+    sent: usize,
     recv_armed: bool,
+    /// The armed recv is multishot (it stays armed until cancelled).
+    recv_multishot: bool,
     recv_cancelled: bool,
     send_inflight: bool,
     send_cancelled: bool,
-    /// The peer's EOF arrived (a recv of 0).
-    eof: bool,
-    /// The handler has been told of the EOF.
-    read_closed: bool,
-    /// The handler asked to close.
-    closing: bool,
     /// Closing, and why: waiting for in-flight operations, then freed
     /// (the handler hears the reason then).
     dead: Option<CloseReason>,
@@ -169,85 +146,17 @@ struct Slot<H> {
     last_active: u64,
 }
 
-impl<H: Handler> Slot<H> {
-    fn pending(&self) -> usize {
-        self.io.as_ref().map_or(0, |io| io.pending())
-    }
-
-    fn has_parked(&self) -> bool {
-        self.io.as_ref().is_some_and(|io| !io.parked.is_empty())
-    }
-
-    /// The connection's buffers, taken from `spare` if it has none.
-    fn io(&mut self, spare: &mut Spare) -> &mut Io {
-        self.io
-            .get_or_insert_with(|| spare.pop().unwrap_or_default())
-    }
-
-    /// Gives the buffers back once nothing is in them or in flight.
-    fn release_io(&mut self, spare: &mut Spare) {
-        if !self.send_inflight && self.io.as_ref().is_some_and(|io| io.is_empty()) {
-            give_back(spare, self.io.take());
-        }
-    }
-
-    /// Whether new input may be processed now.
-    fn can_take_input(&self, max_output: usize) -> bool {
-        !self.closing && self.dead.is_none() && self.pending() < max_output
-    }
-
-    fn wants_read(&self, max_output: usize) -> bool {
-        !self.eof && !self.has_parked() && self.can_take_input(max_output)
-    }
-}
-
-/// What [`feed`] hands the handler.
-enum Feed<'a> {
-    Connect,
-    Data(&'a [u8]),
-    Eof,
-}
-
-/// Feeds the connection's opening, input or EOF to the slot's handler; the
-/// reply goes to its output.
-fn feed<H: Handler>(slot: &mut Slot<H>, input: Feed<'_>, spare: &mut Spare, counters: &Counters) {
-    let Slot { handler, io, .. } = slot;
-    let io = io.get_or_insert_with(|| spare.pop().unwrap_or_default());
-    let before = io.out.len();
-    let action = match input {
-        Feed::Connect => handler.on_connect(&mut io.out),
-        Feed::Data(data) => handler.on_data(data, &mut io.out),
-        Feed::Eof => {
-            handler.on_eof(&mut io.out);
-            Action::Continue
-        }
-    };
-    if action == Action::Close {
-        slot.closing = true;
-    }
-    let n = io.out.len() - before;
-    if n > 0 {
-        Counters::add(&counters.pending_output, n as u64);
-        counters
-            .peak_conn_output
-            .fetch_max(io.pending() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Keeps a connection's emptied buffers for the next one that needs some.
-fn give_back(spare: &mut Spare, io: Option<Box<Io>>) {
-    let Some(mut io) = io else { return };
-    if spare.len() >= SPARE_BUFFERS {
-        return;
-    }
-    for buf in [&mut io.out, &mut io.sending, &mut io.parked] {
+/// Gives an emptied send buffer back for reuse.
+fn give_back(spare: &mut Spare, mut buf: Vec<u8>) {
+    if spare.len() < SPARE_BUFFERS && buf.capacity() > 0 && buf.capacity() <= SPARE_MAX {
         buf.clear();
-        if buf.capacity() > SPARE_MAX {
-            *buf = Vec::new();
-        }
+        spare.push(buf);
     }
-    io.sent = 0;
-    spare.push(io);
+}
+
+/// Completion drivers queue replies: nothing is sent from inside the core.
+fn queue_only(_: &[u8]) -> io::Result<usize> {
+    Ok(0)
 }
 
 struct Loop<'a, F: Factory> {
@@ -272,6 +181,8 @@ struct Loop<'a, F: Factory> {
     stopping: bool,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
+    /// The handlers' replies are built here, then queued in the core.
+    scratch: Vec<u8>,
     acceptor: Acceptor,
     /// Turns of the loop so far: the clock of `Slot::last_active`, which
     /// costs no syscall.
@@ -344,6 +255,7 @@ pub(super) fn serve_with<F: Factory>(
         stopping: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
+        scratch: Vec::with_capacity(MAX_BUFFER),
         acceptor: Acceptor::new(config)?,
         turn: 0,
         batch_wait,
@@ -513,23 +425,23 @@ impl<F: Factory> Loop<'_, F> {
             };
             if let Some(stream) = self.acceptor.admit(stream, live, self.counters) {
                 self.next_gen = self.next_gen.wrapping_add(1);
+                let mut core = Core::new(self.factory.new_handler());
+                let greeted = core.open(&mut self.scratch, self.counters, queue_only);
+                debug_assert!(greeted.is_ok(), "queueing cannot fail");
                 let key = self.conns.insert(Slot {
                     stream,
-                    handler: self.factory.new_handler(),
+                    core,
                     gen: self.next_gen,
-                    io: None,
+                    sending: Vec::new(),
+                    sent: 0,
                     recv_armed: false,
+                    recv_multishot: false,
                     recv_cancelled: false,
                     send_inflight: false,
                     send_cancelled: false,
-                    eof: false,
-                    read_closed: false,
-                    closing: false,
                     dead: None,
                     last_active: self.turn,
                 });
-                let slot = self.conns.get_mut(key).expect("just inserted");
-                feed(slot, Feed::Connect, &mut self.spare, self.counters);
                 self.pump(key)?;
             }
         } else if !matches!(-res, libc::ECANCELED | libc::EAGAIN | libc::EINTR) {
@@ -577,11 +489,10 @@ impl<F: Factory> Loop<'_, F> {
                 continue;
             };
             let busy = slot.dead.is_some()
-                || slot.closing
-                || slot.eof
+                || slot.core.phase() != Phase::Open
                 || slot.send_inflight
-                || slot.pending() > 0
-                || slot.has_parked();
+                || slot.core.pending() > 0
+                || slot.core.parked() > 0;
             if !busy && victim.is_none_or(|(t, _)| slot.last_active < t) {
                 victim = Some((slot.last_active, key));
             }
@@ -614,11 +525,12 @@ impl<F: Factory> Loop<'_, F> {
     }
 
     fn on_recv(&mut self, key: usize, gen: u32, res: i32, flags: u32) -> io::Result<()> {
+        let max_output = self.config.max_output;
         let Loop {
             conns,
             bufs,
-            spare,
             counters,
+            scratch,
             ..
         } = self;
         let Some(slot) = conns.get_mut(key).filter(|s| s.gen == gen) else {
@@ -634,16 +546,18 @@ impl<F: Factory> Loop<'_, F> {
             let n = res as usize;
             slot.last_active = self.turn;
             Counters::add(&counters.bytes_in, n as u64);
-            let data = bufs.data(bid, n);
-            if slot.can_take_input(self.config.max_output) && !slot.has_parked() {
-                feed(slot, Feed::Data(data), spare, counters);
-            } else if !slot.closing && slot.dead.is_none() {
-                // Output is full: keep the bytes for later, unprocessed.
-                slot.io(spare).parked.extend_from_slice(data);
+            if slot.dead.is_none() {
+                // Handled now, or parked if the output is full: the core
+                // never runs the handler past the bound.
+                let data = bufs.data(bid, n);
+                slot.core
+                    .input(data, max_output, scratch, counters, queue_only)?;
             }
             bufs.recycle(bid);
         } else if res == 0 {
-            slot.eof = true;
+            if slot.dead.is_none() {
+                slot.core.eof(scratch, counters, queue_only)?;
+            }
         } else {
             match -res {
                 // The ring ran out of buffers, or we cancelled: pump re-arms
@@ -671,14 +585,11 @@ impl<F: Factory> Loop<'_, F> {
             let n = res as usize;
             slot.last_active = self.turn;
             Counters::add(&self.counters.bytes_out, n as u64);
-            self.counters
-                .pending_output
-                .fetch_sub(n as u64, Ordering::Relaxed);
-            let io = slot.io.as_mut().expect("a send in flight has buffers");
-            io.sent += n;
-            if io.sent >= io.sending.len() {
-                io.sending.clear();
-                io.sent = 0;
+            slot.core.sent(n, self.counters);
+            slot.sent += n;
+            if slot.sent >= slot.sending.len() {
+                give_back(&mut self.spare, mem::take(&mut slot.sending));
+                slot.sent = 0;
             }
         } else {
             match -res {
@@ -695,8 +606,8 @@ impl<F: Factory> Loop<'_, F> {
         self.pump(key)
     }
 
-    /// Moves one connection forward after a completion: parked input, EOF,
-    /// the next send, recv armed or cancelled, close.
+    /// Moves one connection forward after a completion: parked input and
+    /// EOF (in the core), the next send, recv armed or cancelled, close.
     fn pump(&mut self, key: usize) -> io::Result<()> {
         let max_output = self.config.max_output;
         let chunk = self.bufs.as_ref().map_or(MAX_BUFFER, |b| b.size() as usize);
@@ -705,39 +616,19 @@ impl<F: Factory> Loop<'_, F> {
             conns,
             spare,
             counters,
+            scratch,
             ..
         } = self;
         let Some(slot) = conns.get_mut(key) else {
             return Ok(());
         };
         if slot.dead.is_none() {
-            // Parked input first, a buffer's worth at a time, while output
-            // has room: the handler never runs with the bound exceeded.
-            while slot.has_parked() && slot.can_take_input(max_output) {
-                let io = slot.io.as_mut().expect("parked input has buffers");
-                let parked = mem::take(&mut io.parked);
-                let n = parked.len().min(chunk);
-                feed(slot, Feed::Data(&parked[..n]), spare, counters);
-                let io = slot.io.as_mut().expect("still there");
-                io.parked = parked;
-                io.parked.drain(..n);
-            }
-            if slot.closing {
-                if let Some(io) = slot.io.as_mut() {
-                    io.parked.clear();
-                }
-            }
-            // The EOF comes after every byte before it.
-            if slot.eof && !slot.has_parked() && !slot.read_closed && !slot.closing {
-                slot.read_closed = true;
-                feed(slot, Feed::Eof, spare, counters);
-            }
-            if (slot.read_closed || slot.closing) && slot.pending() == 0 && !slot.send_inflight {
-                slot.dead = Some(if slot.closing {
-                    CloseReason::HandlerClosed
-                } else {
-                    CloseReason::PeerClosed
-                });
+            // Parked input, a buffer's worth at a time while output has
+            // room; then a parked EOF.
+            slot.core
+                .resume(max_output, chunk, scratch, counters, queue_only)?;
+            if let Some(reason) = slot.core.done() {
+                slot.dead = Some(reason);
             }
         }
         let (fd, gen) = (slot.stream.as_raw_fd(), slot.gen);
@@ -748,19 +639,9 @@ impl<F: Factory> Loop<'_, F> {
             slot.send_cancelled |= cancel_send;
             if !slot.recv_armed && !slot.send_inflight {
                 // Nothing of ours is in flight: free the slot, close the fd.
-                let slot = self.conns.remove(key).expect("slot present");
-                self.counters
-                    .pending_output
-                    .fetch_sub(slot.pending() as u64, Ordering::Relaxed);
-                let Slot {
-                    stream,
-                    mut handler,
-                    io,
-                    ..
-                } = slot;
-                drop(stream);
-                handler.on_close(reason);
-                give_back(&mut self.spare, io);
+                let mut slot = self.conns.remove(key).expect("slot present");
+                slot.core.close(self.counters, reason);
+                give_back(&mut self.spare, slot.sending);
                 Counters::add(&self.counters.closed, 1);
                 return Ok(());
             }
@@ -772,36 +653,43 @@ impl<F: Factory> Loop<'_, F> {
             }
             return Ok(());
         }
-        // The next send: the rest of a partial one, else everything produced.
+        // The next send: the rest of a partial one, else everything queued.
         let mut send = None;
         if !slot.send_inflight {
-            if let Some(io) = slot.io.as_mut() {
-                if io.sending.is_empty() && !io.out.is_empty() {
-                    // Swap, so both buffers keep their capacity.
-                    mem::swap(&mut io.sending, &mut io.out);
-                    io.sent = 0;
+            if slot.sent == slot.sending.len() && slot.core.queued() > 0 {
+                if slot.sending.capacity() == 0 {
+                    slot.sending = spare.pop().unwrap_or_default();
                 }
-                if io.sent < io.sending.len() {
-                    let rest = &io.sending[io.sent..];
-                    let len = rest.len().min(u32::MAX as usize) as u32;
-                    send = Some(
-                        opcode::Send::new(Fd(fd), rest.as_ptr(), len)
-                            .flags(libc::MSG_NOSIGNAL)
-                            .build()
-                            .user_data(user_data(Op::Send, gen, key)),
-                    );
-                    slot.send_inflight = true;
-                    slot.send_cancelled = false;
-                }
+                slot.sending.clear();
+                slot.sent = 0;
+                slot.core.take_output(&mut slot.sending);
             }
-            slot.release_io(spare);
+            if slot.sent < slot.sending.len() {
+                let rest = &slot.sending[slot.sent..];
+                let len = rest.len().min(u32::MAX as usize) as u32;
+                send = Some(
+                    opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(user_data(Op::Send, gen, key)),
+                );
+                slot.send_inflight = true;
+                slot.send_cancelled = false;
+            }
         }
-        let wants_read = slot.wants_read(max_output);
+        // Reading: a multishot recv while the output is below half the
+        // bound (it keeps delivering until cancelled, so it must stop well
+        // before the bound), one buffer at a time above that, none at the
+        // bound. Bytes a recv delivers past the bound are parked by the
+        // core, unprocessed.
+        let wants_read = slot.core.wants_read(max_output);
+        let low = slot.core.pending() < max_output / 2;
         let mut recv = None;
         let mut cancel_recv = false;
         if wants_read && !slot.recv_armed {
             let bufs = self.bufs.as_ref().expect("buffer ring lives while serving");
-            let entry = if multishot {
+            let multi = multishot && low;
+            let entry = if multi {
                 opcode::RecvMulti::new(Fd(fd), bufs.bgid()).build()
             } else {
                 opcode::Recv::new(Fd(fd), std::ptr::null_mut(), bufs.size())
@@ -811,21 +699,26 @@ impl<F: Factory> Loop<'_, F> {
             };
             recv = Some(entry.user_data(user_data(Op::Recv, gen, key)));
             slot.recv_armed = true;
+            slot.recv_multishot = multi;
             slot.recv_cancelled = false;
-        } else if !wants_read && slot.recv_armed && !slot.recv_cancelled && multishot {
-            // Backpressure (or the handler closed): stop the multishot recv.
-            // A single-shot recv just is not re-armed.
+        } else if slot.recv_armed
+            && slot.recv_multishot
+            && !slot.recv_cancelled
+            && (!wants_read || !low)
+        {
+            // Backpressure (or the handler closed): stop the multishot
+            // recv. A single-shot recv just is not re-armed.
             slot.recv_cancelled = true;
             cancel_recv = true;
         }
         if let Some(entry) = send {
             Counters::add(&self.counters.send_calls, 1);
             // SAFETY: the entry points into the heap buffer of the slot's
-            // `io.sending`, which is neither touched, swapped, moved out nor
-            // freed while `send_inflight` is set (the Io box stays with the
-            // slot: `release_io` and `give_back` wait for the completion),
-            // and the slot is not freed before that completion either.
-            // Moving the Slot or the Box does not move the Vec's buffer.
+            // `sending`, which is neither touched, moved out nor freed
+            // while `send_inflight` is set (`on_send` clears it before it
+            // gives the buffer back), and the slot is not freed before
+            // that completion either. Moving the Slot does not move the
+            // Vec's buffer.
             unsafe { self.push(&entry)? };
         }
         if let Some(entry) = recv {

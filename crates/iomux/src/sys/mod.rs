@@ -393,3 +393,36 @@ pub fn set_listen_backlog(listener: &impl AsRawFd, backlog: i32) -> io::Result<(
     unsafe { syscall!(listen(listener.as_raw_fd(), backlog))? };
     Ok(())
 }
+
+/// Whether an I/O error means the peer went away (reset, broken pipe):
+/// closed quietly and counted in `resets`.
+pub fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// A connected socket's bytes sent but not yet acknowledged by the peer
+/// (`SIOCOUTQ`), and received but not yet read (`SIOCINQ`). `None` where
+/// the kernel cannot tell (not Linux, or the ioctl failed).
+pub fn unsent_and_unread(fd: RawFd) -> Option<(usize, usize)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let (mut outq, mut inq): (libc::c_int, libc::c_int) = (0, 0);
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer,
+        // which points to a live local.
+        unsafe { syscall!(ioctl(fd, libc::TIOCOUTQ, &mut outq)) }.ok()?;
+        // SAFETY: FIONREAD (SIOCINQ) writes one c_int, likewise.
+        unsafe { syscall!(ioctl(fd, libc::FIONREAD, &mut inq)) }.ok()?;
+        Some((outq.max(0) as usize, inq.max(0) as usize))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = fd;
+        None
+    }
+}

@@ -15,8 +15,9 @@
 //! includes this file by path.
 #![allow(dead_code)]
 
-use iomux::conn::Outbox;
-use iomux::protocol::{Action, Handler, Protocol};
+use iomux::conn::{Core, Outbox, Phase};
+use iomux::counters::Counters;
+use iomux::protocol::{Action, CloseReason, Handler, Protocol};
 
 /// Where the driver's choices come from.
 pub trait Choices {
@@ -197,4 +198,199 @@ fn expected_len_so_far(case: &Case, fed: usize) -> usize {
     match case.protocol {
         Protocol::Upper | Protocol::Echo | Protocol::SlowUpper(_) => fed,
     }
+}
+
+/// How [`run_core`] drives the [`Core`]: as a readiness driver does
+/// (reads only while the core wants input; sends are synchronous and take
+/// what the kernel takes), or as the completion driver does (a recv, once
+/// armed, delivers its chunk whatever happened since, so input may have to
+/// be parked; sends are submitted whole and complete later, in any number
+/// of bytes).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// `Conn` over a non-blocking socket (readiness, coroutine, busy-poll).
+    Readiness,
+    /// io_uring: armed recvs, asynchronous sends.
+    Completion,
+}
+
+/// The connection core's property, for either driver [`Style`]: the bytes
+/// sent are the handler's one-shot output, in order, whatever the chunking
+/// and however the sends go; the output (queued plus in flight) never
+/// passes the bound by more than one reply; parked input never exceeds one
+/// chunk; the EOF reaches the handler after every byte; the connection ends
+/// once everything is sent, with the peer's EOF as its reason.
+pub fn run_core(case: &Case, style: Style, choices: &mut impl Choices) -> Seen {
+    assert!(case.max_output >= 1 && case.max_chunk >= 1);
+    let expected = case.protocol.expected(&case.input);
+    let counters = Counters::default();
+    let mut core = Core::new(case.protocol.handler());
+    let mut scratch = Vec::new();
+    let mut wire: Vec<u8> = Vec::with_capacity(expected.len());
+    let mut seen = Seen::default();
+    let mut fed = 0;
+    // Completion style: a recv armed (it delivers one chunk, or the EOF),
+    // and the buffer of the send in flight with how much of it went.
+    let mut armed = false;
+    let mut cancelling = false;
+    let mut sending: Vec<u8> = Vec::new();
+    let mut sending_at = 0;
+    let take = |wire: &mut Vec<u8>, seen: &mut Seen, choices: &mut _, bytes: &[u8]| {
+        let n = pick(choices, bytes.len(), bytes.len());
+        if n > 0 && n < bytes.len() {
+            seen.partial_sends += 1;
+        }
+        let at = wire.len();
+        assert!(
+            at + n <= expected.len(),
+            "more bytes sent than the one-shot output has"
+        );
+        assert!(
+            bytes[..n] == expected[at..at + n],
+            "bytes sent at offset {at} differ"
+        );
+        wire.extend_from_slice(&bytes[..n]);
+        n
+    };
+    let max_reply = case.max_chunk;
+    for _ in 0..10_000_000 {
+        if core.done().is_some() {
+            break;
+        }
+        seen.steps += 1;
+        let more_input = fed <= case.input.len() && core.phase() == Phase::Open;
+        match style {
+            Style::Readiness => {
+                let read = core.wants_read(case.max_output) && more_input;
+                let write = core.pending() > 0;
+                let do_read = match (read, write) {
+                    (false, false) => panic!("stuck: nothing to read or write, not done"),
+                    (true, false) => true,
+                    (false, true) => false,
+                    (true, true) => pick(choices, 1, 1) == 0,
+                };
+                let n = if do_read && fed < case.input.len() {
+                    let most = case.max_chunk.min(case.input.len() - fed);
+                    1 + pick(choices, most - 1, most - 1)
+                } else {
+                    0
+                };
+                let mut send = |b: &[u8]| Ok(take(&mut wire, &mut seen, &mut *choices, b));
+                if do_read {
+                    if fed == case.input.len() {
+                        fed += 1; // the EOF
+                        core.eof(&mut scratch, &counters, &mut send).unwrap();
+                    } else {
+                        let chunk = &case.input[fed..fed + n];
+                        fed += n;
+                        core.input(chunk, case.max_output, &mut scratch, &counters, &mut send)
+                            .unwrap();
+                    }
+                    assert_eq!(core.parked(), 0, "a readiness driver never parks");
+                } else {
+                    core.flush(&counters, &mut send).unwrap();
+                }
+            }
+            Style::Completion => {
+                // Arm a recv when the core wants input (the driver's pump).
+                // A multishot recv stays armed after it delivers; once
+                // the core wants no more input the driver cancels it, and
+                // the cancel may come after one more delivery.
+                if core.wants_read(case.max_output) && more_input {
+                    armed = true;
+                    cancelling = false;
+                } else if armed && !cancelling {
+                    cancelling = true;
+                }
+                let can_deliver = armed && fed <= case.input.len();
+                let can_submit = sending_at == sending.len() && core.queued() > 0;
+                let can_complete = sending_at < sending.len();
+                let options = [can_deliver, can_submit, can_complete];
+                let n_opts = options.iter().filter(|&&o| o).count();
+                assert!(n_opts > 0 || core.parked() > 0, "stuck: nothing can happen");
+                if n_opts == 0 {
+                    panic!("parked input with room never resumed");
+                }
+                let pick_i = pick(choices, n_opts - 1, 0);
+                let which = options
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &o)| o)
+                    .nth(pick_i)
+                    .map(|(i, _)| i)
+                    .unwrap();
+                let mut nosend = |_: &[u8]| Ok(0);
+                match which {
+                    0 => {
+                        // Single-shot, or the last delivery before the cancel.
+                        armed = !cancelling && pick(choices, 1, 0) == 1;
+                        if fed == case.input.len() {
+                            fed += 1;
+                            core.eof(&mut scratch, &counters, nosend).unwrap();
+                        } else {
+                            let most = case.max_chunk.min(case.input.len() - fed);
+                            let n = 1 + pick(choices, most - 1, most - 1);
+                            let chunk = &case.input[fed..fed + n];
+                            fed += n;
+                            core.input(chunk, case.max_output, &mut scratch, &counters, nosend)
+                                .unwrap();
+                            if core.parked() > 0 {
+                                seen.paused += 1;
+                            }
+                        }
+                    }
+                    1 => {
+                        sending.clear();
+                        sending_at = 0;
+                        core.take_output(&mut sending);
+                        assert_eq!(core.in_flight(), sending.len());
+                    }
+                    _ => {
+                        let rest = sending[sending_at..].to_vec();
+                        let n = take(&mut wire, &mut seen, &mut *choices, &rest);
+                        sending_at += n;
+                        core.sent(n, &counters);
+                        // The pump: parked input while there is room.
+                        core.resume(
+                            case.max_output,
+                            case.max_chunk,
+                            &mut scratch,
+                            &counters,
+                            &mut nosend,
+                        )
+                        .unwrap();
+                    }
+                }
+                assert!(
+                    core.parked() <= case.max_chunk,
+                    "parked input past one chunk"
+                );
+            }
+        }
+        assert!(
+            core.pending() < case.max_output + max_reply,
+            "output {} past the bound {} plus one reply {max_reply}",
+            core.pending(),
+            case.max_output
+        );
+        seen.max_pending = seen.max_pending.max(core.pending());
+        seen.max_capacity = seen.max_capacity.max(core.buffer_capacity());
+    }
+    assert_eq!(
+        core.done(),
+        Some(CloseReason::PeerClosed),
+        "ends after the peer's EOF"
+    );
+    assert!(
+        wire == expected,
+        "the output differs from the one-shot output"
+    );
+    assert_eq!(
+        counters
+            .pending_output
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let _ = Action::Continue;
+    seen
 }

@@ -5,6 +5,8 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+pub mod examples;
+
 /// 127.0.0.1 on a port the OS picks: tests never collide.
 pub fn any_local_address() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
