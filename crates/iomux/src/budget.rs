@@ -39,18 +39,25 @@
 //! use iomux::budget::LatencyBudget;
 //! use std::time::{Duration, Instant};
 //!
+//! let us = Duration::from_micros;
 //! let mut budget = LatencyBudget::new(Duration::from_millis(1));
-//! let t = Instant::now();
+//! // The loop: wait (after the delay), handle the turn's events, record.
+//! let mut done = Instant::now();
+//! let mut turn = |budget: &mut LatencyBudget, events| {
+//!     let woke = done + budget.delay() + us(10);
+//!     done = woke + us(50);
+//!     budget.record(events, woke, done)
+//! };
 //! // One message per turn: nothing to batch, no delay.
-//! let ms = Duration::from_millis;
-//! assert_eq!(budget.record(1, t, t + Duration::from_micros(20)), Duration::ZERO);
-//! // Turns with many messages: the delay grows, within the budget.
-//! let mut delay = Duration::ZERO;
-//! for i in 1..20 {
-//!     let woke = t + ms(i);
-//!     delay = budget.record(40, woke, woke + Duration::from_micros(50));
+//! for _ in 0..10 {
+//!     assert_eq!(turn(&mut budget, 1), Duration::ZERO);
 //! }
-//! assert!(delay > Duration::ZERO && delay <= budget.budget());
+//! // Forty messages per turn: the delay grows, within half the budget.
+//! let mut delay = Duration::ZERO;
+//! for _ in 0..20 {
+//!     delay = turn(&mut budget, 40);
+//! }
+//! assert!(delay > Duration::ZERO && delay <= budget.budget() / 2);
 //! ```
 
 use std::time::{Duration, Instant};
