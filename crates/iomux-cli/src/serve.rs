@@ -55,6 +55,13 @@ pub struct ServeArgs {
     /// epoll, coroutine and uring.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Bind with SO_REUSEPORT, so that a new `iomux serve` can bind the
+    /// same port while this one drains after SIGTERM (a hot restart on one
+    /// host). Set `net.ipv4.tcp_migrate_req=1` too, or the connections
+    /// still queued on this process's listener when it closes are reset.
+    /// Several loops (`--threads` above 1) always bind this way.
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Output bytes held per connection before reading from it pauses.
     #[arg(long, default_value_t = Config::default().max_output)]
     pub max_output: usize,
@@ -89,10 +96,19 @@ pub struct ServeArgs {
 /// connections in a burst (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
-/// Binds `addr` once per loop, turning the common failures into advice.
-pub fn bind(addr: SocketAddr, threads: usize) -> Result<Vec<TcpListener>> {
-    match iomux::server::bind_loops(addr, threads) {
+/// Binds `addr` once per loop (with `SO_REUSEPORT` if `reuse_port`, as
+/// several loops always are), turning the common failures into advice.
+pub fn bind(addr: SocketAddr, threads: usize, reuse_port: bool) -> Result<Vec<TcpListener>> {
+    let bound = if reuse_port && threads == 1 {
+        iomux::sys::bind_reuseport(addr, BACKLOG).map(|l| vec![l])
+    } else {
+        iomux::server::bind_loops(addr, threads)
+    };
+    match bound {
         Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse && reuse_port => Err(anyhow!(
+            "address {addr} is in use by a socket without SO_REUSEPORT (or another user's); a hot restart needs --reuse-port on the running server too"
+        )),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(anyhow!(
             "address {addr} is in use; pick another with --addr, or port 0 for any free one"
         )),
@@ -251,7 +267,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if !loop_catches_signals {
         stop_on_signals(set, stop.clone(), args.drain_timeout)?;
     }
-    let listeners = bind(args.addr, args.threads)?;
+    let listeners = bind(args.addr, args.threads, args.reuse_port)?;
     for listener in &listeners {
         iomux::sys::set_listen_backlog(listener, BACKLOG).context("setting the listen backlog")?;
     }
@@ -275,6 +291,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     iomux::server::serve_loops(model, listeners, &config, &stop, &counters, protocol)
         .with_context(|| format!("model {model} failed"))?;
+    if args.control {
+        // The last word of the control channel: the counters once every
+        // connection has ended, for whoever drove this server.
+        println!("{}", crate::control::format_stats(&counters));
+    }
     if !args.control {
         let s = counters.snapshot();
         let per_loop = if args.threads > 1 {

@@ -552,6 +552,63 @@ fn bench_runs_uring_beside_epoll_with_each_batch_wait() {
     }
 }
 
+/// `bench --addr` measures a server it did not start: rows with latency
+/// and throughput, its counters absent, its CPU from `/proc` when its PID
+/// is named, and no idle or memory rows (not its process to load).
+#[test]
+fn bench_addr_measures_a_running_server() {
+    let mut server = Served::start("epoll", &[]);
+    let addr = server.addr.to_string();
+    let with_pid = format!("{addr},pid={}", server.pid());
+    let (report, out) = bench_json(&[
+        "--addr",
+        &with_pid,
+        "--conns",
+        "4",
+        "--paced-conns",
+        "4",
+        "--rate",
+        "1000",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.05",
+        "--rounds",
+        "1",
+    ]);
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "one closed and one paced row: {runs:?}");
+    for shape in ["closed", "paced"] {
+        let row = measured_row(runs, &addr, shape);
+        assert!(row["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+        for counter in [
+            "waits_per_rt",
+            "syscalls_per_rt",
+            "sleeps_per_rt",
+            "rss_per_conn",
+        ] {
+            assert!(
+                row[counter].is_null(),
+                "{counter} of a running server: {row}"
+            );
+        }
+        assert!(row["cpu_s_per_mrt"].as_f64().is_some(), "{row}");
+    }
+    assert!(report["idle"].as_array().unwrap().is_empty());
+    assert!(report["memory"].as_array().unwrap().is_empty());
+    // The load went to that server: 4 connections per run, 2 runs.
+    assert!(server.stat("accepted") >= 8, "{:?}", server.stats());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&addr), "{table}");
+    server.stop();
+}
+
+#[test]
+fn bench_addr_refuses_an_address_off_this_machine() {
+    let out = iomux(&["bench", "--addr", "192.0.2.1:1688"]);
+    assert_one_line_error(&out, "192.0.2.1:1688 is not a loopback address");
+}
+
 /// A latency budget works on the models that wait for events and is refused,
 /// in one line naming those, on the others; on uring it and the fixed batch
 /// wait exclude each other.

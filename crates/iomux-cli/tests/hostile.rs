@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Server, IOMUX, PATIENCE};
+use common::{available, Server, IOMUX, PATIENCE};
 
 fn full() -> bool {
     std::env::var("IOMUX_HOSTILE").is_ok_and(|v| v == "full")
@@ -39,17 +39,6 @@ fn size(fast: usize, full_size: usize) -> usize {
     } else {
         fast
     }
-}
-
-/// Whether the model can run here; prints why not otherwise.
-fn available(model: &str) -> bool {
-    if model == "uring" {
-        if let Err(why) = iomux::uring::probe() {
-            eprintln!("skipped: {why}");
-            return false;
-        }
-    }
-    true
 }
 
 /// One round trip of `msg`; the reply must be its upper-case.

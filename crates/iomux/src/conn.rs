@@ -363,6 +363,7 @@ impl<H: Handler> Core<H> {
         if reply.is_empty() {
             return Ok(0);
         }
+        Counters::add(&counters.bytes_produced, reply.len() as u64);
         // A send in flight goes first: nothing may overtake it.
         let queued = if self.in_flight > 0 {
             self.out.offer(reply, |_| Ok(0))?
@@ -548,7 +549,18 @@ impl<H: Handler> Conn<H> {
     /// `SIOCOUTQ`) and no input waits unread (`SIOCINQ`), so the close
     /// sends a FIN, not a reset. `false` where the kernel cannot tell.
     pub fn nothing_to_lose(&self) -> bool {
-        crate::sys::unsent_and_unread(self.fd()) == Some((0, 0))
+        nothing_to_lose(self.fd())
+    }
+
+    /// Whether a connection that is [done](Self::is_done) for `reason`
+    /// may close at once. The peer's EOF, a reset, an error, the idle
+    /// timeout or shedding: yes. The handler's close or the server's drain:
+    /// only if [nothing can be lost](Self::nothing_to_lose); else the
+    /// driver sends a FIN and waits (a lingering close), since closing a
+    /// socket whose peer still sends makes the kernel answer with a reset,
+    /// which can destroy replies the peer has not read yet.
+    pub fn close_now(&self, reason: CloseReason) -> bool {
+        close_now(self.fd(), reason)
     }
 
     /// Whether the connection has handled the peer's EOF, or will no more
@@ -677,6 +689,23 @@ impl<H: Handler> Conn<H> {
     /// and the handler hears `reason`.
     pub fn release(&mut self, counters: &Counters, reason: CloseReason) {
         self.core.close(counters, reason);
+    }
+}
+
+/// Whether closing the connected socket `fd` now loses nothing: every
+/// byte sent is acknowledged (`SIOCOUTQ` is 0) and no input waits unread
+/// (`SIOCINQ` is 0). `false` where the kernel cannot tell.
+pub fn nothing_to_lose(fd: RawFd) -> bool {
+    sys::unsent_and_unread(fd) == Some((0, 0))
+}
+
+/// The close decision for a connection done for `reason`, on socket `fd`
+/// ([`Conn::close_now`]): at once, unless the handler's close or the
+/// server's drain could lose bytes, which take a lingering close.
+pub fn close_now(fd: RawFd, reason: CloseReason) -> bool {
+    match reason {
+        CloseReason::HandlerClosed | CloseReason::ServerStop => nothing_to_lose(fd),
+        _ => true,
     }
 }
 

@@ -83,6 +83,9 @@ counters! {
     bytes_in: sum,
     /// Bytes sent.
     bytes_out: sum,
+    /// Bytes the handlers produced (replies, greetings, last words): once
+    /// every connection has ended cleanly, equal to `bytes_out`.
+    bytes_produced: sum,
     /// `recv`/`read` calls, `WouldBlock` ones included.
     recv_calls: sum,
     /// `send`/`write` calls, `WouldBlock` ones included.

@@ -19,6 +19,11 @@
 //! threads), read through its control channel at the window's edges, as do
 //! its counters (recv, send, wait and ctl calls). Memory comes from
 //! `/proc/PID/status`.
+//!
+//! `--addr HOST:PORT` measures a server that is already running (one of
+//! ours, a balancer in front of several, anything speaking the protocol):
+//! throughput and latency only, since its counters cannot be read; its CPU
+//! too if `pid=` names its processes (read from `/proc/PID/stat`).
 
 pub mod load;
 mod plot;
@@ -26,7 +31,7 @@ mod report;
 mod server;
 
 use std::io::IsTerminal;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -101,6 +106,15 @@ pub struct BenchArgs {
     /// models run with 1. A server with N loops is pinned to CPUs 0 to N-1.
     #[arg(long, default_value = "1")]
     pub server_threads: String,
+    /// Measure a server already running at this loopback address
+    /// (repeatable), for throughput and latency; its counters show as `-`.
+    /// `,pid=PID` (repeatable) names a process whose CPU (from
+    /// /proc/PID/stat) counts as the server's, e.g.
+    /// `--addr 127.0.0.1:8000,pid=4242,pid=4243` for a balancer and the
+    /// instance behind it. With --addr, models run only if --models names
+    /// them.
+    #[arg(long, value_name = "HOST:PORT[,pid=PID]...")]
+    pub addr: Vec<String>,
     /// uring's batch wait (`serve --uring-batch-wait`), comma-separated:
     /// `0,100us` runs uring without it and with 100 µs (as `uring+100us`).
     /// Every uring row also gets its CPU per round trip against epoll's.
@@ -115,21 +129,62 @@ pub struct BenchArgs {
     pub latency_budget: String,
 }
 
-/// A server kind the bench can start: one of our models or a peer.
+/// A server already running, as `--addr` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningServer {
+    /// Where it listens: a loopback address.
+    pub addr: SocketAddr,
+    /// Processes whose CPU counts as the server's.
+    pub pids: Vec<u32>,
+}
+
+impl std::str::FromStr for RunningServer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let first = parts.next().unwrap_or_default().trim();
+        let addr: SocketAddr = first.parse().map_err(|_| {
+            format!("{first:?} is not an address; write HOST:PORT, e.g. 127.0.0.1:8000")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address: the bench measures servers on this machine only (127.0.0.1, ::1)"
+            ));
+        }
+        let pids = parts
+            .map(|p| {
+                p.trim()
+                    .strip_prefix("pid=")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        format!("{p:?}: after the address, only pid=PID, e.g. {addr},pid=4242")
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RunningServer { addr, pids })
+    }
+}
+
+/// A server kind the bench measures: one of our models, a peer, or a
+/// server already running.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     /// An iomux model.
     Model(Model),
     /// The tokio current_thread peer.
     Tokio,
+    /// A server already running at this address (`--addr`).
+    Running(SocketAddr),
 }
 
 impl Subject {
     /// Its name in reports.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Subject::Model(m) => m.name(),
-            Subject::Tokio => "tokio",
+            Subject::Model(m) => m.name().into(),
+            Subject::Tokio => "tokio".into(),
+            Subject::Running(addr) => addr.to_string(),
         }
     }
 }
@@ -165,7 +220,7 @@ impl Target {
         } else if self.budget_us > 0 {
             format!("{}+budget{}", self.subject.name(), micros(self.budget_us))
         } else {
-            self.subject.name().to_string()
+            self.subject.name()
         }
     }
 
@@ -236,6 +291,8 @@ pub struct Plan {
     /// CPUs this process could run on before pinning.
     cpus: usize,
     rounds: usize,
+    /// The servers of `--addr`.
+    running: Vec<RunningServer>,
 }
 
 impl Plan {
@@ -287,8 +344,18 @@ impl BenchArgs {
             iomux::server::Config::MAX_LATENCY_BUDGET,
             "0,1ms",
         )?;
+        let running = self
+            .addr
+            .iter()
+            .map(|a| {
+                a.parse::<RunningServer>()
+                    .map_err(|e| anyhow!("--addr {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut subjects = Vec::new();
-        if self.models == "all" {
+        if !running.is_empty() && self.models == "all" {
+            // The running servers alone, unless models are named.
+        } else if self.models == "all" {
             subjects.extend(
                 Model::ALL
                     .into_iter()
@@ -308,11 +375,21 @@ impl BenchArgs {
         if self.peers && !subjects.contains(&Subject::Tokio) {
             subjects.push(Subject::Tokio);
         }
+        for r in &running {
+            if !subjects.contains(&Subject::Running(r.addr)) {
+                subjects.push(Subject::Running(r.addr));
+            }
+        }
         // Each subject at each loop count it can run: the others at 1 only
         // (the tokio peer is current_thread).
         let named = self.models != "all";
         let mut targets = Vec::new();
         for &subject in &subjects {
+            if let Subject::Running(_) = subject {
+                // Its loops are its own business.
+                targets.push(Target::new(subject, 1));
+                continue;
+            }
             let multi = matches!(subject, Subject::Model(m) if m.supports_threads());
             let before = targets.len();
             let waits: &[u32] = if subject == Subject::Model(Model::Uring) {
@@ -395,6 +472,7 @@ impl BenchArgs {
             pin: cpus >= 2,
             cpus,
             rounds: if self.quick { 1 } else { self.rounds },
+            running,
         })
     }
 }
@@ -424,10 +502,11 @@ pub struct RunRow {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
-    /// Server CPU seconds per million round trips.
-    pub cpu_s_per_mrt: f64,
+    /// Server CPU seconds per million round trips (`None` for a running
+    /// server whose processes were not named).
+    pub cpu_s_per_mrt: Option<f64>,
     /// Server CPU use over the window, in cores.
-    pub server_cores: f64,
+    pub server_cores: Option<f64>,
     /// Selector waits per round trip.
     pub waits_per_rt: Option<f64>,
     /// Counted syscalls (recv, send, wait, ctl) per round trip; for uring,
@@ -438,9 +517,9 @@ pub struct RunRow {
     /// wake-up is one of the dearest parts of a round trip).
     pub sleeps_per_rt: Option<f64>,
     /// Peak resident memory of the server, bytes.
-    pub peak_rss: u64,
+    pub peak_rss: Option<u64>,
     /// Resident memory per connection above the idle server's, bytes.
-    pub rss_per_conn: f64,
+    pub rss_per_conn: Option<f64>,
     /// Errors the load generator saw (wrong or missing bytes, resets).
     pub errors: u64,
     /// Paced messages that found every connection busy.
@@ -586,6 +665,7 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
             target.threads.to_string(),
         ],
         Subject::Tokio => vec!["peer-tokio".into()],
+        Subject::Running(addr) => unreachable!("{addr} runs already: the bench starts nothing"),
     };
     if target.batch_wait_us > 0 {
         args.extend([
@@ -655,13 +735,13 @@ fn empty_row(
         p50_us: 0.0,
         p99_us: 0.0,
         p999_us: 0.0,
-        cpu_s_per_mrt: 0.0,
-        server_cores: 0.0,
+        cpu_s_per_mrt: None,
+        server_cores: None,
         waits_per_rt: None,
         syscalls_per_rt: None,
         sleeps_per_rt: None,
-        peak_rss: 0,
-        rss_per_conn: 0.0,
+        peak_rss: None,
+        rss_per_conn: None,
         errors: 0,
         late: 0,
         rounds: 1,
@@ -683,13 +763,20 @@ fn loop_conns(stats: &Stats) -> Vec<u64> {
     stats.loop_accepted.clone()
 }
 
+/// What the server side gave over a measured window: its counters at both
+/// edges (our servers), its CPU seconds (when its processes are known),
+/// its memory.
+struct ServerSide {
+    counters: Option<(Stats, Stats)>,
+    cpu_s: Option<f64>,
+    peak_rss: Option<u64>,
+    rss_per_conn: Option<f64>,
+    failure: Option<String>,
+}
+
 fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
-    let subject = target.subject;
-    let shape = if rate.is_some() { "paced" } else { "closed" };
-    let mut server = ServerProc::start(&server_args(target, plan))?;
-    let (rss_idle, _) = server.memory()?;
-    let spec = LoadSpec {
-        addr: server.addr,
+    let spec = |addr| LoadSpec {
+        addr,
         conns,
         size: plan.size,
         depth: plan.depth,
@@ -698,34 +785,83 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         rate,
         protocol: Protocol::Upper,
     };
-    let mut probe = WindowProbe {
-        server: &mut server,
-        start: None,
-        end: None,
-        failure: None,
+    let (result, side) = if let Subject::Running(addr) = target.subject {
+        let pids = plan
+            .running
+            .iter()
+            .find(|r| r.addr == addr)
+            .map(|r| r.pids.clone())
+            .unwrap_or_default();
+        let mut probe = server::PidProbe::new(pids);
+        let result = load::run(&spec(addr), &mut probe)?;
+        let (cpu_s, failure) = probe.cpu_seconds();
+        let side = ServerSide {
+            counters: None,
+            cpu_s,
+            peak_rss: probe.peak_rss(),
+            rss_per_conn: None,
+            failure,
+        };
+        (result, side)
+    } else {
+        let mut server = ServerProc::start(&server_args(target, plan))?;
+        let (rss_idle, _) = server.memory()?;
+        let mut probe = WindowProbe {
+            server: &mut server,
+            start: None,
+            end: None,
+            failure: None,
+        };
+        let result = load::run(&spec(probe.server.addr), &mut probe)?;
+        let (start, end, failure) = (probe.start.take(), probe.end.take(), probe.failure.take());
+        let (rss_now, peak_rss) = server.memory()?;
+        server.stop()?;
+        let counters = match (start, end) {
+            (Some((s0, _)), Some((s1, _))) => Some((s0, s1)),
+            _ => None,
+        };
+        let failure = match (&counters, failure) {
+            (None, f) => Some(f.unwrap_or_else(|| "no measured window".into())),
+            (Some(_), f) => f,
+        };
+        let side = ServerSide {
+            cpu_s: counters
+                .as_ref()
+                .map(|(s0, s1)| delta(s0, s1, |s| s.cpu_us) / 1e6),
+            counters,
+            peak_rss: Some(peak_rss),
+            rss_per_conn: Some(rss_now.saturating_sub(rss_idle) as f64 / conns as f64),
+            failure,
+        };
+        (result, side)
     };
-    let result = load::run(&spec, &mut probe)?;
-    let (start, end, failure) = (probe.start.take(), probe.end.take(), probe.failure.take());
-    let (rss_now, peak_rss) = server.memory()?;
-    server.stop()?;
-    let (Some((s0, _)), Some((s1, _))) = (start, end) else {
-        return Ok(empty_row(
-            target,
-            shape,
-            conns,
-            rate,
-            failure.unwrap_or_else(|| "no measured window".into()),
-        ));
-    };
+    let shape = if rate.is_some() { "paced" } else { "closed" };
+    if side.counters.is_none() && !matches!(target.subject, Subject::Running(_)) {
+        let why = side.failure.unwrap_or_default();
+        return Ok(empty_row(target, shape, conns, rate, why));
+    }
+    Ok(load_row(target, conns, rate, &result, side))
+}
+
+/// The row of one measured window.
+fn load_row(
+    target: Target,
+    conns: usize,
+    rate: Option<f64>,
+    result: &load::LoadResult,
+    side: ServerSide,
+) -> RunRow {
+    let subject = target.subject;
     let secs = result.elapsed.as_secs_f64().max(1e-9);
     let rts = result.round_trips as f64;
     let per_rt = |x: f64| if rts > 0.0 { Some(x / rts) } else { None };
-    let cpu_s = delta(&s0, &s1, |s| s.cpu_us) / 1e6;
     let is_model = matches!(subject, Subject::Model(_));
     // io_uring's recv and send are submissions, not syscalls: its only
     // kernel entry is io_uring_enter, which it counts as a wait.
     let uring = subject == Subject::Model(Model::Uring);
-    let syscalls = delta(&s0, &s1, |s| {
+    let counter =
+        |f: &dyn Fn(&Stats) -> u64| side.counters.as_ref().map(|(s0, s1)| delta(s0, s1, f));
+    let syscalls = counter(&|s| {
         let c = &s.counters;
         let io = if uring {
             0
@@ -735,7 +871,7 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         io + c.wait_calls + c.ctl_calls
     });
     let h = &result.latency_ns;
-    let mut status = failure;
+    let mut status = side.failure;
     if result.errors > 0 {
         status = Some(format!(
             "{} errors: {}",
@@ -743,10 +879,10 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
             result.error_samples.join("; ")
         ));
     }
-    Ok(RunRow {
+    RunRow {
         model: target.name(),
         threads: target.threads,
-        shape,
+        shape: if rate.is_some() { "paced" } else { "closed" },
         conns,
         rate,
         status,
@@ -755,27 +891,28 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         p50_us: h.value_at_quantile(0.50) as f64 / 1e3,
         p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
         p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
-        cpu_s_per_mrt: per_rt(cpu_s * 1e6).unwrap_or(0.0),
-        server_cores: cpu_s / secs,
-        waits_per_rt: if is_model {
-            per_rt(delta(&s0, &s1, |s| s.counters.wait_calls))
-        } else {
-            None
-        },
-        syscalls_per_rt: if is_model { per_rt(syscalls) } else { None },
-        sleeps_per_rt: per_rt(delta(&s0, &s1, |s| s.vcsw)),
-        peak_rss,
-        rss_per_conn: rss_now.saturating_sub(rss_idle) as f64 / conns as f64,
+        cpu_s_per_mrt: side.cpu_s.and_then(|c| per_rt(c * 1e6)),
+        server_cores: side.cpu_s.map(|c| c / secs),
+        waits_per_rt: counter(&|s| s.counters.wait_calls)
+            .filter(|_| is_model)
+            .and_then(per_rt),
+        syscalls_per_rt: syscalls.filter(|_| is_model).and_then(per_rt),
+        sleeps_per_rt: counter(&|s| s.vcsw).and_then(per_rt),
+        peak_rss: side.peak_rss,
+        rss_per_conn: side.rss_per_conn,
         errors: result.errors,
         late: result.late,
         rounds: 1,
         cpu_vs_tokio: None,
-        loop_conns: loop_conns(&s1),
+        loop_conns: side
+            .counters
+            .as_ref()
+            .map_or_else(Vec::new, |(_, s1)| loop_conns(s1)),
         rt_vs_one_loop: None,
         cpu_vs_one_loop: None,
         cpu_vs_epoll: None,
         vs_no_budget: None,
-    })
+    }
 }
 
 fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
@@ -910,11 +1047,17 @@ fn schedule(plan: &Plan) -> Vec<Job> {
             }
         }
     }
+    // A running server's memory and idle CPU are not ours to measure.
+    let started = || {
+        plan.subjects
+            .iter()
+            .filter(|t| !matches!(t.subject, Subject::Running(_)))
+    };
     if plan.idle_conns > 0 {
-        jobs.extend(plan.subjects.iter().map(|&s| Job::Idle(s)));
+        jobs.extend(started().map(|&s| Job::Idle(s)));
     }
     if plan.mem_conns > 0 {
-        jobs.extend(plan.subjects.iter().map(|&s| Job::Memory(s)));
+        jobs.extend(started().map(|&s| Job::Memory(s)));
     }
     jobs
 }
@@ -932,7 +1075,10 @@ fn pick_median(mut rows: Vec<RunRow>) -> RunRow {
     let paced = rows[0].rate.is_some();
     rows.sort_by(|a, b| {
         let (x, y) = if paced {
-            (a.cpu_s_per_mrt, b.cpu_s_per_mrt)
+            (
+                a.cpu_s_per_mrt.unwrap_or(0.0),
+                b.cpu_s_per_mrt.unwrap_or(0.0),
+            )
         } else {
             (a.rt_per_s, b.rt_per_s)
         };
@@ -1102,7 +1248,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         (i, *shape != "closed", *conns)
     });
     let tokio = Target::new(Subject::Tokio, 1);
-    let cpu = |r: &RunRow| r.cpu_s_per_mrt;
+    let cpu = |r: &RunRow| r.cpu_s_per_mrt.unwrap_or(0.0);
     let vs_tokio = median_ratios(&rounds, |_| Some(tokio), cpu);
     let one_loop = |t: Target| (t.threads > 1).then_some(Target { threads: 1, ..t });
     let rt_vs_one = median_ratios(&rounds, one_loop, |r| r.rt_per_s);

@@ -40,7 +40,7 @@ fn trim(v: f64) -> String {
 fn series(
     r: &Report,
     shape: &str,
-    value: impl Fn(&super::RunRow) -> f64,
+    value: impl Fn(&super::RunRow) -> Option<f64>,
 ) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for run in r
@@ -48,7 +48,9 @@ fn series(
         .iter()
         .filter(|x| x.shape == shape && x.rt_per_s > 0.0)
     {
-        let point = (run.conns as f64, value(run));
+        // A running server (`--addr`) without a process to read has no CPU.
+        let Some(v) = value(run) else { continue };
+        let point = (run.conns as f64, v);
         let name = label(&run.model, run.threads);
         match out.iter_mut().find(|(m, _)| *m == name) {
             Some((_, pts)) => pts.push(point),
@@ -157,7 +159,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             p,
             "Round trips per second, closed loop",
             "round trips/s",
-            &series(r, "closed", |x| x.rt_per_s),
+            &series(r, "closed", |x| Some(x.rt_per_s)),
         )
     })?;
     emit("p99.svg", &|p| {
@@ -165,7 +167,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             p,
             "p99 latency, closed loop",
             "p99 latency (us)",
-            &series(r, "closed", |x| x.p99_us),
+            &series(r, "closed", |x| Some(x.p99_us)),
         )
     })?;
     emit("cpu_per_rt.svg", &|p| {

@@ -151,14 +151,15 @@ pub fn table(r: &Report) -> String {
                 num(x.p50_us),
                 num(x.p99_us),
                 num(x.p999_us),
-                num(x.cpu_s_per_mrt),
+                opt(x.cpu_s_per_mrt),
                 opt(x.cpu_vs_tokio),
-                num(x.server_cores),
+                opt(x.server_cores),
                 opt(x.waits_per_rt),
                 opt(x.syscalls_per_rt),
                 opt(x.sleeps_per_rt),
-                mib(x.peak_rss),
-                format!("{:.0}", x.rss_per_conn),
+                x.peak_rss.map_or_else(|| "-".into(), mib),
+                x.rss_per_conn
+                    .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
                 notes.join("; "),
             ]
         })

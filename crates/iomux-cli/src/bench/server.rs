@@ -5,6 +5,9 @@
 //! address on its first stdout line, then answers each `stats` line on its
 //! stdin with one line of counters (see [`crate::control`]). Closing its stdin
 //! stops it. Memory comes from `/proc/PID/status`, as the kernel sees it.
+//!
+//! A server the bench did not start (`--addr`) is read through
+//! [`PidProbe`]: the CPU of the processes named, from `/proc/PID/stat`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -83,19 +86,10 @@ impl ServerProc {
     /// Resident and peak resident memory in bytes (VmRSS, VmHWM).
     pub fn memory(&self) -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .ok_or_else(|| anyhow!("no {name} in /proc/PID/status"))?;
-            let kib: u64 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("bad {name} line {line:?}"))?;
-            Ok(kib * 1024)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        Ok((
+            status_field(&status, "VmRSS:")?,
+            status_field(&status, "VmHWM:")?,
+        ))
     }
 
     /// Waits until the server has accepted `n` connections in all, or
@@ -142,4 +136,119 @@ impl Drop for ServerProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The CPU time of processes the bench did not start, at the edges of the
+/// measured window: `utime + stime` from `/proc/PID/stat`, summed over the
+/// processes (in clock ticks, 10 ms on most kernels: measure windows of
+/// seconds).
+pub struct PidProbe {
+    pids: Vec<u32>,
+    start: Option<Duration>,
+    end: Option<Duration>,
+    failure: Option<String>,
+}
+
+impl PidProbe {
+    /// A probe of `pids`; with none, it measures nothing.
+    pub fn new(pids: Vec<u32>) -> PidProbe {
+        PidProbe {
+            pids,
+            start: None,
+            end: None,
+            failure: None,
+        }
+    }
+
+    fn sample(&mut self) -> Option<Duration> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let total = self
+            .pids
+            .iter()
+            .map(|&p| process_cpu(p))
+            .sum::<Result<Duration>>();
+        total
+            .map_err(|e| self.failure = Some(format!("{e:#}")))
+            .ok()
+    }
+
+    /// CPU seconds over the window (`None` without processes, or if a
+    /// reading failed), and what went wrong.
+    pub fn cpu_seconds(&self) -> (Option<f64>, Option<String>) {
+        let cpu = match (self.start, self.end) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+            _ => None,
+        };
+        (cpu, self.failure.clone())
+    }
+
+    /// Peak resident memory (VmHWM) of the processes, summed, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids
+            .iter()
+            .map(|&p| peak_rss(p))
+            .sum::<Result<u64>>()
+            .ok()
+    }
+}
+
+impl crate::bench::load::Probe for PidProbe {
+    fn window_start(&mut self) {
+        self.start = self.sample();
+    }
+    fn window_end(&mut self) {
+        self.end = self.sample();
+    }
+}
+
+/// `utime + stime` of process `pid` (all its threads), from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, field 2, is in parentheses and may hold spaces:
+    // the fields after it start at field 3 (state); utime and stime are
+    // fields 14 and 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("{path}: no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("{path}: field {} is not a number", i + 3))
+    };
+    let ticks = tick(11)? + tick(12)?;
+    // SAFETY: sysconf takes no pointers.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_s <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / per_s as f64))
+}
+
+/// VmHWM of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status_field(&status, "VmHWM:")
+}
+
+/// A `/proc/PID/status` field in KiB, as bytes.
+fn status_field(status: &str, name: &str) -> Result<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .ok_or_else(|| anyhow!("no {name} in /proc/PID/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("bad {name} line {line:?}"))?;
+    Ok(kib * 1024)
 }

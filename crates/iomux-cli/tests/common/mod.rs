@@ -24,6 +24,28 @@ pub fn address_in(first_line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in {first_line:?}"))
 }
 
+/// Whether the model can run here; prints why not otherwise.
+pub fn available(model: &str) -> bool {
+    if model == "uring" {
+        if let Err(why) = iomux::uring::probe() {
+            eprintln!("skipped: {why}");
+            return false;
+        }
+    }
+    true
+}
+
+/// The fields of a `stats` line of the control channel.
+fn parse_stats(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|w| {
+            let (k, v) = w.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A server child: the real binary, driven through `--control`.
 pub struct Server {
     child: Child,
@@ -41,22 +63,25 @@ impl Server {
         Server::start_limited(model, extra, None)
     }
 
-    /// Starts `iomux serve --model MODEL --control EXTRA...`, with
-    /// `RLIMIT_NOFILE` set to `nofile` if given.
+    /// Starts `iomux serve --model MODEL --addr ADDR --control EXTRA...`:
+    /// on a given address, e.g. again on the port of one that stopped.
+    pub fn start_on(model: &str, addr: SocketAddr, extra: &[&str]) -> Server {
+        Server::start_with(model, &addr.to_string(), extra, None)
+    }
+
+    /// Starts `iomux serve --model MODEL --control EXTRA...` on
+    /// 127.0.0.1:0, with `RLIMIT_NOFILE` set to `nofile` if given.
     pub fn start_limited(model: &str, extra: &[&str], nofile: Option<u64>) -> Server {
+        Server::start_with(model, "127.0.0.1:0", extra, nofile)
+    }
+
+    fn start_with(model: &str, addr: &str, extra: &[&str], nofile: Option<u64>) -> Server {
         let mut cmd = Command::new(IOMUX);
-        cmd.args([
-            "serve",
-            "--model",
-            model,
-            "--addr",
-            "127.0.0.1:0",
-            "--control",
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(["serve", "--model", model, "--addr", addr, "--control"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         if let Some(n) = nofile {
             // SAFETY: the closure runs in the child between fork and exec
             // and calls only setrlimit, which is async-signal-safe, on a
@@ -101,13 +126,7 @@ impl Server {
         stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
-        line.split_whitespace()
-            .skip(1)
-            .filter_map(|w| {
-                let (k, v) = w.split_once('=')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
+        parse_stats(&line)
     }
 
     pub fn stat(&mut self, name: &str) -> u64 {
@@ -154,6 +173,20 @@ impl Server {
     pub fn stop(mut self) {
         self.stdin.take();
         self.wait_exit();
+    }
+
+    /// After the server exited: the counters it printed last, once every
+    /// connection had ended (`--control` prints them at exit).
+    pub fn final_stats(&mut self) -> HashMap<String, u64> {
+        let mut last = None;
+        let mut line = String::new();
+        while self.stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("stats ") {
+                last = Some(line.clone());
+            }
+            line.clear();
+        }
+        parse_stats(&last.expect("a final stats line"))
     }
 
     pub fn wait_exit(&mut self) {

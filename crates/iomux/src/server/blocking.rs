@@ -148,6 +148,7 @@ fn send_all(fd: std::os::fd::RawFd, out: &mut Vec<u8>, counters: &Counters) -> i
         return Ok(());
     }
     let len = out.len() as u64;
+    Counters::add(&counters.bytes_produced, len);
     counters.peak_conn_output.fetch_max(len, Ordering::Relaxed);
     Counters::add(&counters.pending_output, len);
     let mut sent = 0;

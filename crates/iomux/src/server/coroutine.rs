@@ -9,9 +9,18 @@
 //! task (borrowed only between awaits, so idle tasks hold none), unsent
 //! output is bounded by [`Config::max_output`], EOF flushes then closes.
 //!
-//! On stop, the accept task returns and every connection task is dropped,
-//! which closes its socket: the graceful drain and idle timeouts are the
-//! readiness models' (`readiness.rs`).
+//! On stop the server drains, as the readiness models do: the accept task
+//! stops accepting and tells every connection task (a [`DrainSignal`]);
+//! each answers the input it already has, stops reading, sends what was
+//! produced, and ends once nothing can be lost ([`Conn::close_now`]: its
+//! output acknowledged and no input unread), with a lingering close
+//! otherwise. At [`Config::drain_timeout`] the tasks still running are
+//! dropped, which closes their sockets.
+//!
+//! With [`Config::offload_threads`], each read's input goes to the
+//! handler on the reactor's offload pool ([`task::offload`]): the task
+//! awaits the reply, so its connection is not read meanwhile (replies stay
+//! in order) and a slow handler does not stall the other connections.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -20,11 +29,12 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use super::readiness::READS_PER_TURN;
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
-use crate::conn::{Conn, ReadState};
+use crate::conn::{Conn, Input, ReadState};
 use crate::protocol::{CloseReason, Factory, Handler};
 use crate::reactor::task::{self, Async, Runtime};
 use crate::reactor::Options;
@@ -36,6 +46,62 @@ const ACCEPTS_PER_WAKE: usize = 128;
 
 /// The loop's one input and one output buffer, lent to one task at a time.
 type Scratch = Rc<RefCell<(Vec<u8>, Vec<u8>)>>;
+
+/// How often a lingering connection checks whether closing can lose
+/// nothing any more (no event tells when the peer's acknowledgement comes).
+const LINGER_CHECK: Duration = Duration::from_millis(5);
+
+/// Tells every connection task that the server drains: one waker slot per
+/// task, so waiting costs no allocation per poll.
+#[derive(Default)]
+struct DrainSignal {
+    on: Cell<bool>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl DrainSignal {
+    /// A slot for a new task.
+    fn join(&self) -> usize {
+        match self.free.borrow_mut().pop() {
+            Some(id) => id,
+            None => {
+                let mut w = self.wakers.borrow_mut();
+                w.push(None);
+                w.len() - 1
+            }
+        }
+    }
+
+    fn leave(&self, id: usize) {
+        self.wakers.borrow_mut()[id] = None;
+        self.free.borrow_mut().push(id);
+    }
+
+    fn poll(&self, id: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.on.get() {
+            return Poll::Ready(());
+        }
+        let mut w = self.wakers.borrow_mut();
+        if !w[id].as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            w[id] = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn fire(&self) {
+        self.on.set(true);
+        let wakers: Vec<Waker> = self
+            .wakers
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
 
 /// A borrowed fd (the [`Stop`] pipe): watched, never closed.
 struct FdRef(RawFd);
@@ -56,6 +122,8 @@ pub(super) fn serve<F: Factory>(
     let mut rt = Runtime::new(Options {
         backend: Backend::recommended(),
         latency_budget: config.latency_budget,
+        offload_threads: config.offload_threads.max(1),
+        offload_queue: 64 * config.offload_threads.max(1),
         ..Options::default()
     })?;
     {
@@ -101,6 +169,7 @@ async fn accept_loop<F: Factory>(
         Vec::with_capacity(config.read_chunk),
     )));
     let live = Rc::new(Cell::new(0usize));
+    let drain = Rc::new(DrainSignal::default());
     let mut acceptor = Acceptor::new(&config)?;
     let lfd = listener.get_ref().as_raw_fd();
     loop {
@@ -115,6 +184,14 @@ async fn accept_loop<F: Factory>(
         })
         .await;
         if !accept {
+            // Drain: no more accepts (the listener closes when this
+            // returns); every connection finishes, until the deadline.
+            drop(listener);
+            drain.fire();
+            let deadline = Instant::now() + config.drain_timeout;
+            while live.get() > 0 && Instant::now() < deadline {
+                task::sleep(LINGER_CHECK).await?;
+            }
             return Ok(());
         }
         let mut backoff = false;
@@ -126,6 +203,8 @@ async fn accept_loop<F: Factory>(
                     let guard = Guard {
                         counters: counters.clone(),
                         live: live.clone(),
+                        id: drain.join(),
+                        drain: drain.clone(),
                     };
                     let handler = factory.new_handler();
                     task::spawn_detached(connection(
@@ -162,10 +241,14 @@ async fn accept_loop<F: Factory>(
 struct Guard {
     counters: Arc<Counters>,
     live: Rc<Cell<usize>>,
+    /// The task's slot in the drain signal.
+    id: usize,
+    drain: Rc<DrainSignal>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        self.drain.leave(self.id);
         self.live.set(self.live.get() - 1);
         Counters::add(&self.counters.closed, 1);
     }
@@ -203,7 +286,7 @@ async fn connection<H: Handler>(
         counters: counters.clone(),
         reason: CloseReason::ServerStop,
     };
-    c.reason = match serve_connection(&mut c.conn, &config, &scratch, &counters).await {
+    c.reason = match serve_connection(&mut c.conn, &config, &scratch, &counters, &guard).await {
         Ok(reason) => reason,
         Err(e) => {
             if is_peer_gone(&e) {
@@ -221,25 +304,29 @@ async fn serve_connection<H: Handler>(
     config: &Config,
     scratch: &Scratch,
     counters: &Counters,
+    guard: &Guard,
 ) -> io::Result<CloseReason> {
     let max_output = config.max_output;
+    let offload = config.offload_threads > 0;
     {
         let mut bufs = scratch.borrow_mut();
         conn.get_mut().open(&mut bufs.1, counters)?;
     }
-    loop {
+    let mut draining = false;
+    let reason = loop {
         let (want_read, want_write) = {
             let c = conn.get_ref();
             if c.is_done() {
-                return Ok(c.done_reason());
+                break c.done_reason();
             }
             (c.wants_read(max_output), c.wants_write())
         };
-        let (readable, writable) = poll_fn(|cx| {
+        let (readable, writable, drain) = poll_fn(|cx| {
+            let d = !draining && guard.drain.poll(guard.id, cx).is_ready();
             let r = want_read && conn.poll_readable(cx).is_ready();
             let w = want_write && conn.poll_writable(cx).is_ready();
-            if r || w {
-                Poll::Ready((r, w))
+            if r || w || d {
+                Poll::Ready((r, w, d))
             } else {
                 Poll::Pending
             }
@@ -253,38 +340,138 @@ async fn serve_connection<H: Handler>(
                 conn.clear_writable();
             }
         }
-        if readable {
-            let mut reads = 0;
-            while conn.get_ref().wants_read(max_output) {
-                let pending_before = conn.get_ref().pending();
-                let state = {
-                    let mut bufs = scratch.borrow_mut();
-                    let (input, output) = &mut *bufs;
-                    conn.get_mut()
-                        .on_readable(input, output, counters, max_output)?
-                };
-                if pending_before == 0 && conn.get_ref().wants_write() {
-                    // The reply's send was partial: the socket is full.
-                    conn.clear_writable();
+        if drain {
+            // Input that arrived before the drain began is answered (a
+            // request the peer sent is not dropped); nothing read later.
+            draining = true;
+            if !offload {
+                read_available(conn, max_output, scratch, counters).await?;
+            }
+            conn.get_mut().core_mut().drain();
+        } else if readable && offload {
+            read_offloaded(conn, max_output, scratch, counters).await?;
+        } else if readable {
+            read_available(conn, max_output, scratch, counters).await?;
+        }
+    };
+    if conn.get_ref().close_now(reason) {
+        return Ok(reason);
+    }
+    linger(conn, config.drain_timeout, scratch).await;
+    Ok(reason)
+}
+
+/// Reads while the core wants input and the socket has it, answering
+/// each read; yields to the others every [`READS_PER_TURN`] reads.
+async fn read_available<H: Handler>(
+    conn: &mut Async<Conn<H>>,
+    max_output: usize,
+    scratch: &Scratch,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut reads = 0;
+    while conn.get_ref().wants_read(max_output) {
+        let pending_before = conn.get_ref().pending();
+        let state = {
+            let mut bufs = scratch.borrow_mut();
+            let (input, output) = &mut *bufs;
+            conn.get_mut()
+                .on_readable(input, output, counters, max_output)?
+        };
+        if pending_before == 0 && conn.get_ref().wants_write() {
+            // The reply's send was partial: the socket is full.
+            conn.clear_writable();
+        }
+        match state {
+            ReadState::Full => {
+                reads += 1;
+                if reads == READS_PER_TURN {
+                    // Let the others run; the flag stays set.
+                    task::yield_now().await;
+                    reads = 0;
                 }
-                match state {
-                    ReadState::Full => {
-                        reads += 1;
-                        if reads == READS_PER_TURN {
-                            // Let the others run; the flag stays set.
-                            task::yield_now().await;
-                            reads = 0;
-                        }
-                    }
-                    // A short read drained the socket, but an EOF that came
-                    // with the data has no edge of its own: read on.
-                    ReadState::Short if conn.is_read_closed() => {}
-                    ReadState::Short | ReadState::Drained => {
-                        conn.clear_readable();
-                        break;
-                    }
+            }
+            // A short read drained the socket, but an EOF that came
+            // with the data has no edge of its own: read on.
+            ReadState::Short if conn.is_read_closed() => {}
+            ReadState::Short | ReadState::Drained => {
+                conn.clear_readable();
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One read, its input handled on the offload pool while this task waits
+/// (the connection is not read meanwhile, so replies stay in order).
+async fn read_offloaded<H: Handler>(
+    conn: &mut Async<Conn<H>>,
+    max_output: usize,
+    scratch: &Scratch,
+    counters: &Counters,
+) -> io::Result<()> {
+    if !conn.get_ref().wants_read(max_output) {
+        return Ok(());
+    }
+    let input = {
+        let mut bufs = scratch.borrow_mut();
+        let (input, output) = &mut *bufs;
+        match conn.get_mut().recv_input(input, counters)? {
+            Input::Data(n, _) => input[..n].to_vec(),
+            Input::Nothing(ReadState::Full) => return Ok(()),
+            Input::Nothing(_) => {
+                conn.clear_readable();
+                return Ok(());
+            }
+            Input::Eof => return conn.get_mut().on_eof(output, counters),
+        }
+    };
+    let Some(mut handler) = conn.get_mut().take_handler() else {
+        return Ok(());
+    };
+    Counters::add(&counters.offloaded, 1);
+    let job = task::offload(move || {
+        let mut out = Vec::new();
+        let action = handler.on_data(&input, &mut out);
+        (handler, out, action)
+    })
+    .await;
+    match job {
+        Ok((handler, out, action)) => {
+            conn.get_mut().put_handler(handler);
+            conn.get_mut().respond(&out, action, counters)
+        }
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
+}
+
+/// A lingering close: a FIN after everything produced, then whatever the
+/// peer still sends is dropped, until its EOF, until closing can lose
+/// nothing ([`Conn::nothing_to_lose`]), or for `limit` at most.
+async fn linger<H: Handler>(conn: &mut Async<Conn<H>>, limit: Duration, scratch: &Scratch) {
+    if conn.get_ref().shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    let fd = conn.get_ref().fd();
+    loop {
+        {
+            let mut bufs = scratch.borrow_mut();
+            loop {
+                match crate::sys::recv(fd, &mut bufs.0) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return,
                 }
             }
         }
+        conn.clear_readable();
+        if conn.get_ref().nothing_to_lose() || Instant::now() >= deadline {
+            return;
+        }
+        let _ = task::timeout(LINGER_CHECK, conn.readable()).await;
     }
 }

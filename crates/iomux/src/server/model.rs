@@ -249,8 +249,8 @@ const CAPABILITIES: [Capabilities; 9] = [
     caps(true,      false,  true,  true,  true,   true,  false, true),  // select
     caps(true,      false,  true,  true,  true,   true,  false, true),  // poll
     caps(true,      true,   true,  true,  true,   true,  false, true),  // epoll
-    caps(true,      true,   false, false, false,  false, false, true),  // coroutine
-    caps(true,      true,   false, false, false,  true,  true,  true),  // uring
+    caps(true,      true,   false, true,  true,   false, false, true),  // coroutine
+    caps(true,      true,   false, true,  false,  true,  true,  true),  // uring
 ];
 
 /// A setting of [`Config`](super::Config) that only some models support.

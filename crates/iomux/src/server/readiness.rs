@@ -76,6 +76,10 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// streams fast cannot keep the loop from the others.
 pub const READS_PER_TURN: usize = 16;
 
+/// How often lingering connections are checked for nothing left to lose
+/// (no event tells when the peer's acknowledgement arrives).
+const LINGER_CHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
 struct Slot<H> {
     conn: Conn<H>,
     io: IoId,
@@ -98,9 +102,10 @@ struct Slot<H> {
     /// Input read while the offload queue was full: handed to the pool
     /// when a job completes.
     parked: Option<Vec<u8>>,
-    /// Draining: our FIN is sent; input is read and dropped until the
-    /// peer's EOF, then the socket closes.
-    lingering: bool,
+    /// A lingering close, for this reason, until this deadline: our FIN
+    /// is sent; input is read and dropped until the peer's EOF, or until
+    /// nothing can be lost by closing (checked every [`LINGER_CHECK`]).
+    lingering: Option<(CloseReason, Instant)>,
 }
 
 impl<H: Handler> Slot<H> {
@@ -158,6 +163,8 @@ struct Server<F: Factory> {
     /// Connections whose input waits for room in the offload queue.
     parked: VecDeque<(usize, u64)>,
     draining: bool,
+    /// The timer of [`Server::check_lingering`], while any connection lingers.
+    linger_timer: Option<TimerId>,
     /// Connections closed while their handler was on the offload pool, by
     /// serial: the handler is told why when its job comes back.
     orphans: Vec<(u64, CloseReason)>,
@@ -257,6 +264,7 @@ pub(super) fn serve<F: Factory>(
         again: Vec::new(),
         parked: VecDeque::new(),
         draining: false,
+        linger_timer: None,
         orphans: Vec::new(),
     };
     let res = reactor.run(&mut server);
@@ -327,7 +335,7 @@ impl<F: Factory> Server<F> {
             last_active: r.now(),
             idle_timer,
             parked: None,
-            lingering: false,
+            lingering: None,
         });
         self.settle(r, key, greeted);
     }
@@ -362,7 +370,7 @@ impl<F: Factory> Server<F> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let busy = slot.lingering
+            let busy = slot.lingering.is_some()
                 || slot.maybe_readable
                 || slot.peer_closed
                 || slot.parked.is_some()
@@ -414,11 +422,11 @@ impl<F: Factory> Server<F> {
         if event.is_read_closed() || event.is_error() {
             slot.peer_closed = true;
         }
-        if slot.lingering {
+        if let Some((reason, _)) = slot.lingering {
             match Self::discard(slot, &mut self.scratch, edge) {
                 Ok(Some(true)) => self.again.push(key),
                 Ok(Some(false)) => {}
-                Ok(None) | Err(_) => self.close(r, key, CloseReason::ServerStop),
+                Ok(None) | Err(_) => self.close(r, key, reason),
             }
             return;
         }
@@ -502,30 +510,12 @@ impl<F: Factory> Server<F> {
                 }
                 self.close(r, key, CloseReason::of_error(&e));
             }
-            Ok(()) if conn.is_done() => {
+            Ok(()) if conn.is_done() && !busy => {
                 let reason = conn.done_reason();
-                self.close(r, key, reason);
-            }
-            Ok(()) if draining && !conn.wants_write() && !busy => {
-                if conn.is_read_closed() || conn.shutdown_write().is_err() {
-                    self.close(r, key, CloseReason::ServerStop);
-                    return;
-                }
-                // Everything is queued in the kernel; closing now, with
-                // the peer's input unread, would reset the connection and
-                // drop what the kernel has not sent yet. Send a FIN and
-                // wait for the peer's (nginx's lingering close).
-                slot.lingering = true;
-                slot.maybe_readable = true;
-                let io = slot.io;
-                let res = r
-                    .modify_io(io, Interest::READABLE)
-                    .and_then(|()| r.resume_io(io));
-                slot.interest = Some(Interest::READABLE);
-                match res.and_then(|()| Self::discard(slot, &mut self.scratch, edge)) {
-                    Ok(Some(true)) => self.again.push(key),
-                    Ok(Some(false)) => {}
-                    Ok(None) | Err(_) => self.close(r, key, CloseReason::ServerStop),
+                if conn.close_now(reason) {
+                    self.close(r, key, reason);
+                } else {
+                    self.linger(r, key, reason);
                 }
             }
             Ok(()) => {
@@ -554,6 +544,66 @@ impl<F: Factory> Server<F> {
                     }
                 }
             }
+        }
+    }
+
+    /// A lingering close: everything produced is with the kernel, but
+    /// closing now could lose it (the peer has not acknowledged it, or
+    /// sent more). Send a FIN, drop whatever the peer still sends, and
+    /// close at its EOF, once nothing can be lost, or at the deadline
+    /// ([`Config::drain_timeout`] from now) (nginx's lingering close).
+    fn linger(&mut self, r: &mut Reactor<Server<F>>, key: usize, reason: CloseReason) {
+        let edge = self.mode == Mode::Edge;
+        let deadline = r.now() + self.config.drain_timeout;
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.conn.shutdown_write().is_err() {
+            return self.close(r, key, reason);
+        }
+        slot.lingering = Some((reason, deadline));
+        slot.maybe_readable = true;
+        let io = slot.io;
+        let res = r
+            .modify_io(io, Interest::READABLE)
+            .and_then(|()| r.resume_io(io));
+        slot.interest = Some(Interest::READABLE);
+        match res.and_then(|()| Self::discard(slot, &mut self.scratch, edge)) {
+            Ok(Some(true)) => self.again.push(key),
+            Ok(Some(false)) => {}
+            Ok(None) | Err(_) => return self.close(r, key, reason),
+        }
+        if self.linger_timer.is_none() {
+            self.linger_timer = Some(r.add_timer(LINGER_CHECK, |r, s: &mut Server<F>| {
+                s.linger_timer = None;
+                s.check_lingering(r);
+            }));
+        }
+    }
+
+    /// Closes each lingering connection that can lose nothing now, or
+    /// whose deadline passed; checks again later while any is left.
+    fn check_lingering(&mut self, r: &mut Reactor<Server<F>>) {
+        let now = r.now();
+        let mut left = false;
+        for key in 0..self.conns.capacity() {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let Some((reason, deadline)) = slot.lingering else {
+                continue;
+            };
+            if now >= deadline || slot.conn.nothing_to_lose() {
+                self.close(r, key, reason);
+            } else {
+                left = true;
+            }
+        }
+        if left && self.linger_timer.is_none() {
+            self.linger_timer = Some(r.add_timer(LINGER_CHECK, |r, s: &mut Server<F>| {
+                s.linger_timer = None;
+                s.check_lingering(r);
+            }));
         }
     }
 
@@ -699,8 +749,10 @@ impl<F: Factory> Server<F> {
         }
     }
 
-    /// Stop accepting and reading; close each connection once its output
-    /// is sent, all of them at the drain deadline.
+    /// Stop accepting; answer the input already received, then stop
+    /// reading; close each connection once its output is sent and nothing
+    /// can be lost ([`Conn::close_now`]), all of them at the drain
+    /// deadline.
     fn begin_drain(&mut self, r: &mut Reactor<Server<F>>) {
         if self.draining {
             return;
@@ -717,10 +769,27 @@ impl<F: Factory> Server<F> {
             s.close_all(r);
             r.stop();
         });
+        let max_output = self.config.max_output;
+        let offload = self.config.offload_threads > 0;
         for key in 0..self.conns.capacity() {
-            if self.conns.get_mut(key).is_some() {
-                self.settle(r, key, Ok(()));
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if slot.lingering.is_some() {
+                continue;
             }
+            // Input that arrived before the drain began is answered (a
+            // request the peer sent is not dropped); nothing read later.
+            slot.maybe_readable = true;
+            let (scratch, out, counters) =
+                (&mut self.scratch, &mut self.scratch_out, &*self.counters);
+            let res = if offload {
+                Ok(())
+            } else {
+                slot.read_some(READS_PER_TURN, max_output, scratch, out, counters)
+            };
+            slot.conn.core_mut().drain();
+            self.settle(r, key, res);
         }
         if self.conns.len() == 0 {
             r.stop();

@@ -36,7 +36,12 @@
 //!   operations is in flight (closing cancels them and waits for their
 //!   completions), since the kernel may use their buffers until then;
 //! * stopping is a completion too: a poll on the [`Stop`] fd. The loop then
-//!   cancels every operation and drains the ring before it frees anything.
+//!   drains as the readiness models do: no more accepts, no more input
+//!   handled, the output produced sent, and each connection closed once
+//!   nothing can be lost (its output acknowledged, no input unread; a
+//!   lingering close otherwise, checked every [`LINGER_CHECK`]), until
+//!   [`Config::drain_timeout`]. Then it cancels every operation left and
+//!   drains the ring before it frees anything.
 //!
 //! With [`Config::uring_batch_wait`] each wait lasts that long unless
 //! 1,024 completions come first (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12):
@@ -65,7 +70,7 @@ use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
 use crate::budget::LatencyBudget;
-use crate::conn::{Core, Phase};
+use crate::conn::{close_now, nothing_to_lose, Core, Phase};
 use crate::protocol::{CloseReason, Factory};
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
@@ -90,6 +95,9 @@ const SPARE_MAX: usize = 16 * 1024;
 const BATCH_WANT: usize = 1024;
 /// With [`Config::uring_batch_wait`]: the overall timeout of a wait.
 const BATCH_IDLE: Duration = Duration::from_secs(1);
+/// How often lingering connections are checked for nothing left to lose
+/// (no completion tells when the peer's acknowledgement arrives).
+const LINGER_CHECK: Duration = Duration::from_millis(5);
 /// How long stopping waits for cancelled operations to complete.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -99,6 +107,8 @@ enum Op {
     Accept = 1,
     Stop = 2,
     Timer = 3,
+    /// The lingering connections' check ([`LINGER_CHECK`]).
+    Linger = 7,
     Cancel = 4,
     Recv = 5,
     Send = 6,
@@ -144,6 +154,10 @@ struct Slot<H> {
     /// The loop's turn when a byte last moved either way: picks the
     /// connection idle longest under [`FdExhaustion::Shed`].
     last_active: u64,
+    /// A lingering close, for this reason, until this deadline: the FIN is
+    /// sent, whatever the peer still sends is dropped, and the connection
+    /// ends at its EOF or once nothing can be lost.
+    lingering: Option<(CloseReason, Instant)>,
 }
 
 /// Gives an emptied send buffer back for reuse.
@@ -179,6 +193,12 @@ struct Loop<'a, F: Factory> {
     /// The back-off timeout's duration; the kernel reads it at submission.
     backoff: Timespec,
     stopping: bool,
+    /// Draining since the stop, until this deadline.
+    draining: Option<Instant>,
+    /// The linger check's timeout is armed.
+    linger_armed: bool,
+    /// [`LINGER_CHECK`] for the kernel.
+    linger_ts: Timespec,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
     /// The handlers' replies are built here, then queued in the core.
@@ -253,6 +273,9 @@ pub(super) fn serve_with<F: Factory>(
             .sec(ACCEPT_BACKOFF.as_secs())
             .nsec(ACCEPT_BACKOFF.subsec_nanos()),
         stopping: false,
+        draining: None,
+        linger_armed: false,
+        linger_ts: Timespec::new().nsec(LINGER_CHECK.subsec_nanos()),
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
         scratch: Vec::with_capacity(MAX_BUFFER),
@@ -284,6 +307,10 @@ impl<F: Factory> Loop<'_, F> {
             let n = self.reap()?;
             if let (Some(budget), Some(woke)) = (&mut self.budget, woke) {
                 budget.record(n, woke, Instant::now());
+            }
+            if let Some(deadline) = self.draining {
+                // Drained: every connection ended; or out of time.
+                self.stopping = self.conns.len() == 0 || Instant::now() >= deadline;
             }
         }
         self.shutdown()
@@ -364,14 +391,15 @@ impl<F: Factory> Loop<'_, F> {
         let (op, gen, key) = decode(ud);
         match op {
             x if x == Op::Accept as u64 => self.on_accept(res, flags),
-            x if x == Op::Stop as u64 => {
-                self.stopping = true;
-                Ok(())
+            x if x == Op::Stop as u64 => self.begin_drain(),
+            x if x == Op::Linger as u64 => {
+                self.linger_armed = false;
+                self.check_lingering()
             }
             x if x == Op::Timer as u64 => {
                 self.timer_armed = false;
                 self.accept_backoff = false;
-                if !self.stopping && !self.accept_armed {
+                if !self.stopping && self.draining.is_none() && !self.accept_armed {
                     self.arm_accept()?;
                 }
                 Ok(())
@@ -418,7 +446,7 @@ impl<F: Factory> Loop<'_, F> {
             // that nothing else owns.
             let stream = unsafe { TcpStream::from_raw_fd(res) };
             // Stopping: over the limit too (closed, counted in `refused`).
-            let live = if self.stopping {
+            let live = if self.stopping || self.draining.is_some() {
                 usize::MAX
             } else {
                 self.conns.len()
@@ -441,6 +469,7 @@ impl<F: Factory> Loop<'_, F> {
                     send_cancelled: false,
                     dead: None,
                     last_active: self.turn,
+                    lingering: None,
                 });
                 self.pump(key)?;
             }
@@ -508,7 +537,7 @@ impl<F: Factory> Loop<'_, F> {
 
     /// Arms accept again if it ended, or the back-off timer if paused.
     fn rearm_accept(&mut self) -> io::Result<()> {
-        if !self.accept_armed && !self.stopping {
+        if !self.accept_armed && !self.stopping && self.draining.is_none() {
             if !self.accept_backoff {
                 self.arm_accept()?;
             } else if !self.timer_armed {
@@ -546,7 +575,7 @@ impl<F: Factory> Loop<'_, F> {
             let n = res as usize;
             slot.last_active = self.turn;
             Counters::add(&counters.bytes_in, n as u64);
-            if slot.dead.is_none() {
+            if slot.dead.is_none() && slot.lingering.is_none() {
                 // Handled now, or parked if the output is full: the core
                 // never runs the handler past the bound.
                 let data = bufs.data(bid, n);
@@ -555,7 +584,9 @@ impl<F: Factory> Loop<'_, F> {
             }
             bufs.recycle(bid);
         } else if res == 0 {
-            if slot.dead.is_none() {
+            if let Some((reason, _)) = slot.lingering {
+                slot.dead.get_or_insert(reason);
+            } else if slot.dead.is_none() {
                 slot.core.eof(scratch, counters, queue_only)?;
             }
         } else {
@@ -627,8 +658,20 @@ impl<F: Factory> Loop<'_, F> {
             // room; then a parked EOF.
             slot.core
                 .resume(max_output, chunk, scratch, counters, queue_only)?;
-            if let Some(reason) = slot.core.done() {
-                slot.dead = Some(reason);
+            if slot.lingering.is_none() {
+                if let Some(reason) = slot.core.done() {
+                    if close_now(slot.stream.as_raw_fd(), reason)
+                        || slot.stream.shutdown(std::net::Shutdown::Write).is_err()
+                    {
+                        slot.dead = Some(reason);
+                    } else {
+                        // A FIN after everything produced; then drop what
+                        // the peer still sends until its EOF, or until
+                        // nothing can be lost (checked by the linger timer).
+                        let deadline = Instant::now() + self.config.drain_timeout;
+                        slot.lingering = Some((reason, deadline));
+                    }
+                }
             }
         }
         let (fd, gen) = (slot.stream.as_raw_fd(), slot.gen);
@@ -682,8 +725,11 @@ impl<F: Factory> Loop<'_, F> {
         // before the bound), one buffer at a time above that, none at the
         // bound. Bytes a recv delivers past the bound are parked by the
         // core, unprocessed.
-        let wants_read = slot.core.wants_read(max_output);
+        // Lingering: a recv stays armed to see the peer's EOF (and drop
+        // what it sends before).
+        let wants_read = slot.core.wants_read(max_output) || slot.lingering.is_some();
         let low = slot.core.pending() < max_output / 2;
+        let lingering = slot.lingering.is_some();
         let mut recv = None;
         let mut cancel_recv = false;
         if wants_read && !slot.recv_armed {
@@ -721,6 +767,9 @@ impl<F: Factory> Loop<'_, F> {
             // Vec's buffer.
             unsafe { self.push(&entry)? };
         }
+        if lingering {
+            self.arm_linger_check()?;
+        }
         if let Some(entry) = recv {
             Counters::add(&self.counters.recv_calls, 1);
             // SAFETY: the recv selects a buffer from the registered ring,
@@ -730,6 +779,71 @@ impl<F: Factory> Loop<'_, F> {
         }
         if cancel_recv {
             self.cancel(user_data(Op::Recv, gen, key))?;
+        }
+        Ok(())
+    }
+
+    /// The stop: no more accepts; every connection stops reading, sends
+    /// what it produced, and ends once nothing can be lost, until
+    /// [`Config::drain_timeout`]; then [`shutdown`](Self::shutdown) cuts
+    /// what is left.
+    fn begin_drain(&mut self) -> io::Result<()> {
+        if self.draining.is_some() {
+            return Ok(());
+        }
+        self.draining = Some(Instant::now() + self.config.drain_timeout);
+        if self.accept_armed && !self.accept_cancelled {
+            self.accept_cancelled = true;
+            self.cancel(user_data(Op::Accept, 0, 0))?;
+        }
+        self.accept_backoff = true; // never re-armed
+        for key in 0..self.conns.capacity() {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.core.drain();
+                self.pump(key)?;
+            }
+        }
+        // The loop must wake to see the deadline even if nothing completes.
+        self.arm_linger_check()
+    }
+
+    /// Arms the linger check's timeout, if it is not armed.
+    fn arm_linger_check(&mut self) -> io::Result<()> {
+        if self.linger_armed {
+            return Ok(());
+        }
+        let entry = opcode::Timeout::new(&self.linger_ts)
+            .build()
+            .user_data(user_data(Op::Linger, 0, 0));
+        // SAFETY: the timespec lives in `self` for the whole loop (the
+        // kernel copies it at submission anyway).
+        unsafe { self.push(&entry)? };
+        self.linger_armed = true;
+        Ok(())
+    }
+
+    /// Ends each lingering connection that can lose nothing now, or whose
+    /// deadline passed; checks again while any lingers, or while draining.
+    fn check_lingering(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        let mut left = false;
+        for key in 0..self.conns.capacity() {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let Some((reason, deadline)) = slot.lingering else {
+                continue;
+            };
+            if slot.dead.is_none() && (now >= deadline || nothing_to_lose(slot.stream.as_raw_fd()))
+            {
+                slot.dead = Some(reason);
+                self.pump(key)?;
+            } else {
+                left = true;
+            }
+        }
+        if left || (self.draining.is_some() && !self.stopping) {
+            self.arm_linger_check()?;
         }
         Ok(())
     }
@@ -751,9 +865,12 @@ impl<F: Factory> Loop<'_, F> {
         if self.timer_armed {
             self.cancel(user_data(Op::Timer, 0, 0))?;
         }
+        if self.linger_armed {
+            self.cancel(user_data(Op::Linger, 0, 0))?;
+        }
         let deadline = Instant::now() + DRAIN_LIMIT;
         let ts = Timespec::new().nsec(100_000_000);
-        while (self.conns.len() > 0 || self.accept_armed || self.timer_armed)
+        while (self.conns.len() > 0 || self.accept_armed || self.timer_armed || self.linger_armed)
             && Instant::now() < deadline
         {
             if self.features.ext_arg {
@@ -765,7 +882,8 @@ impl<F: Factory> Loop<'_, F> {
             }
             self.reap()?;
         }
-        let drained = self.conns.len() == 0 && !self.accept_armed && !self.timer_armed;
+        let drained =
+            self.conns.len() == 0 && !self.accept_armed && !self.timer_armed && !self.linger_armed;
         if drained {
             if let Some(b) = self.bufs.take() {
                 b.release(&self.ring);
