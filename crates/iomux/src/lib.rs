@@ -10,6 +10,7 @@
 //! | [`reactor`] | the event loop: I/O callbacks, timers, signals, posts from other threads, offload; coroutines on top |
 //! | [`conn`] | the connection core: one connection's phase, parked input, bounded output, close decision |
 //! | [`counters`] | what a server counts, defined once |
+//! | [`push`] | server push: output queued for a connection from anywhere, bounded |
 //! | [`server`] | one driver per I/O model, all serving the same handler |
 //! | [`uring`] | completion-based I/O: io_uring probe and ring (Linux, `uring` feature) |
 //! | [`sys`] | the raw syscalls, each turned into `io::Result` |
@@ -60,6 +61,7 @@ pub mod budget;
 pub mod conn;
 pub mod counters;
 pub mod protocol;
+pub mod push;
 pub mod reactor;
 pub mod selector;
 pub mod server;

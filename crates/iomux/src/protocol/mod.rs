@@ -56,6 +56,19 @@ pub enum Action {
 /// runs it on a worker. Share state between connections through
 /// `Arc<Mutex<..>>` (or atomics) captured by the factory.
 pub trait Handler: Send + 'static {
+    /// Whether the handler pushes output outside its replies: it is then
+    /// given its connection's [`Push`](crate::push::Push) handle through
+    /// [`attach`](Handler::attach), and a model that cannot push refuses
+    /// it at start, with one line naming the models that can.
+    const PUSH: bool = false;
+
+    /// The connection's push handle, once, before
+    /// [`on_connect`](Handler::on_connect), if [`PUSH`](Handler::PUSH) is
+    /// set. The default drops it.
+    fn attach(&mut self, push: crate::push::Push) {
+        let _ = push;
+    }
+
     /// The connection is open: append a greeting to `out` if the protocol
     /// speaks first. [`Action::Close`] sends it and closes. The default
     /// says nothing.

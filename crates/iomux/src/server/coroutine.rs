@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use super::readiness::READS_PER_TURN;
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::{Conn, Input, ReadState};
-use crate::protocol::{CloseReason, Factory, Handler};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::push::Pusher;
 use crate::reactor::task::{self, Async, Runtime};
 use crate::reactor::Options;
 use crate::selector::Backend;
@@ -50,6 +51,46 @@ type Scratch = Rc<RefCell<(Vec<u8>, Vec<u8>)>>;
 /// How often a lingering connection checks whether closing can lose
 /// nothing any more (no event tells when the peer's acknowledgement comes).
 const LINGER_CHECK: Duration = Duration::from_millis(5);
+
+/// A connection's pushers, and the waker of its task: a push from any
+/// thread wakes the task, which moves the pushed bytes into its output.
+struct PushWake {
+    pusher: Pusher,
+    waker: Arc<std::sync::Mutex<Option<Waker>>>,
+}
+
+impl PushWake {
+    fn new(max_output: usize) -> (PushWake, crate::push::Push) {
+        let waker: Arc<std::sync::Mutex<Option<Waker>>> = Arc::default();
+        let w = waker.clone();
+        let (pusher, push) = Pusher::new(max_output, move || {
+            let slot = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(w) = slot.as_ref() {
+                w.wake_by_ref();
+            }
+        });
+        (PushWake { pusher, waker }, push)
+    }
+
+    /// Ready once something was pushed; the task's waker is kept first, so
+    /// a push that comes after the check wakes it.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut slot = self
+                .waker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        if self.pusher.has_pushed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
 
 /// Tells every connection task that the server drains: one waker slot per
 /// task, so waiting costs no allocation per poll.
@@ -271,12 +312,17 @@ impl<H: Handler> Drop for Owned<H> {
 
 async fn connection<H: Handler>(
     stream: TcpStream,
-    handler: H,
+    mut handler: H,
     config: Config,
     scratch: Scratch,
     guard: Guard,
 ) {
     let counters = guard.counters.clone();
+    let push = H::PUSH.then(|| {
+        let (wake, push) = PushWake::new(config.max_output);
+        handler.attach(push);
+        wake
+    });
     let conn = match Async::new(Conn::new(stream, handler)) {
         Ok(conn) => conn,
         Err(_) => return,
@@ -286,7 +332,16 @@ async fn connection<H: Handler>(
         counters: counters.clone(),
         reason: CloseReason::ServerStop,
     };
-    c.reason = match serve_connection(&mut c.conn, &config, &scratch, &counters, &guard).await {
+    c.reason = match serve_connection(
+        &mut c.conn,
+        &config,
+        &scratch,
+        &counters,
+        &guard,
+        push.as_ref(),
+    )
+    .await
+    {
         Ok(reason) => reason,
         Err(e) => {
             if is_peer_gone(&e) {
@@ -305,6 +360,7 @@ async fn serve_connection<H: Handler>(
     scratch: &Scratch,
     counters: &Counters,
     guard: &Guard,
+    push: Option<&PushWake>,
 ) -> io::Result<CloseReason> {
     let max_output = config.max_output;
     let offload = config.offload_threads > 0;
@@ -321,17 +377,38 @@ async fn serve_connection<H: Handler>(
             }
             (c.wants_read(max_output), c.wants_write())
         };
-        let (readable, writable, drain) = poll_fn(|cx| {
+        if let Some(p) = push {
+            p.pusher.set_pending(conn.get_ref().pending());
+        }
+        let (readable, writable, drain, pushed) = poll_fn(|cx| {
             let d = !draining && guard.drain.poll(guard.id, cx).is_ready();
             let r = want_read && conn.poll_readable(cx).is_ready();
             let w = want_write && conn.poll_writable(cx).is_ready();
-            if r || w || d {
-                Poll::Ready((r, w, d))
+            let p = push.is_some_and(|p| p.poll(cx).is_ready());
+            if r || w || d || p {
+                Poll::Ready((r, w, d, p))
             } else {
                 Poll::Pending
             }
         })
         .await;
+        if pushed {
+            let pushed = push.expect("polled").pusher.take();
+            if pushed.close == Some(true) {
+                return Ok(CloseReason::HandlerClosed);
+            }
+            let action = if pushed.close == Some(false) {
+                Action::Close
+            } else {
+                Action::Continue
+            };
+            let pending_before = conn.get_ref().pending();
+            conn.get_mut().respond(&pushed.bytes, action, counters)?;
+            if pending_before == 0 && conn.get_ref().wants_write() {
+                // The send was partial: the socket is full.
+                conn.clear_writable();
+            }
+        }
         if writable {
             conn.get_mut().on_writable(counters)?;
             // Output left after a send means the kernel's buffer is full:

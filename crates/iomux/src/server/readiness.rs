@@ -62,6 +62,7 @@ use super::{
 };
 use crate::conn::{Conn, Input, ReadState};
 use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::push::Pusher;
 use crate::reactor::{IoId, Options, Reactor, TimerId};
 use crate::selector::{Backend, Event, Interest, Mode, SelectorError};
 use crate::sys;
@@ -106,6 +107,8 @@ struct Slot<H> {
     /// is sent; input is read and dropped until the peer's EOF, or until
     /// nothing can be lost by closing (checked every [`LINGER_CHECK`]).
     lingering: Option<(CloseReason, Instant)>,
+    /// The pushers' side, for a handler that pushes.
+    push: Option<Pusher>,
 }
 
 impl<H: Handler> Slot<H> {
@@ -323,7 +326,18 @@ impl<F: Factory> Server<F> {
             .config
             .idle_timeout
             .map(|t| r.add_timer(t, move |r, s: &mut Server<F>| s.idle_check(r, key, serial)));
-        let mut conn = Conn::new(stream, self.factory.new_handler());
+        let mut handler = self.factory.new_handler();
+        let push = F::Handler::PUSH.then(|| {
+            // A push wakes the loop once per batch, to move the pushed
+            // bytes into this connection's output.
+            let handle = r.handle();
+            let (pusher, push) = Pusher::new(self.config.max_output, move || {
+                let _ = handle.post(move |r, s: &mut Server<F>| s.take_pushed(r, key, serial));
+            });
+            handler.attach(push);
+            pusher
+        });
+        let mut conn = Conn::new(stream, handler);
         let greeted = conn.open(&mut self.scratch_out, &self.counters);
         self.conns.insert(Slot {
             conn,
@@ -336,6 +350,7 @@ impl<F: Factory> Server<F> {
             idle_timer,
             parked: None,
             lingering: None,
+            push,
         });
         self.settle(r, key, greeted);
     }
@@ -519,6 +534,9 @@ impl<F: Factory> Server<F> {
                 }
             }
             Ok(()) => {
+                if let Some(p) = &slot.push {
+                    p.set_pending(conn.pending());
+                }
                 let read = !draining && !busy && conn.wants_read(max_output);
                 if edge && read && slot.maybe_readable {
                     self.again.push(key);
@@ -715,6 +733,28 @@ impl<F: Factory> Server<F> {
         self.settle(r, key, res);
     }
 
+    /// Moves what was pushed for a connection into its output, in order
+    /// behind its replies; a close asked for by a pusher ends it.
+    fn take_pushed(&mut self, r: &mut Reactor<Server<F>>, key: usize, serial: u64) {
+        let Some(slot) = self.conns.get_mut(key).filter(|s| s.serial == serial) else {
+            return; // closed since
+        };
+        let Some(pusher) = &slot.push else {
+            return;
+        };
+        let pushed = pusher.take();
+        if pushed.close == Some(true) {
+            return self.close(r, key, CloseReason::HandlerClosed);
+        }
+        let action = if pushed.close == Some(false) {
+            Action::Close
+        } else {
+            Action::Continue
+        };
+        let res = slot.conn.respond(&pushed.bytes, action, &self.counters);
+        self.settle(r, key, res);
+    }
+
     /// The check phase: connections with input left after their reads.
     fn serve_again(&mut self, r: &mut Reactor<Server<F>>) {
         self.counters.record_selector(r.selector_stats());
@@ -805,6 +845,9 @@ impl<F: Factory> Server<F> {
             }
             if slot.conn.handler_lent() {
                 self.orphans.push((slot.serial, reason));
+            }
+            if let Some(p) = &slot.push {
+                p.close();
             }
             slot.conn.close(&self.counters, reason);
             Counters::add(&self.counters.closed, 1);

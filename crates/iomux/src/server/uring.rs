@@ -58,8 +58,9 @@
 use std::io;
 use std::mem;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
@@ -71,7 +72,8 @@ use super::{
 };
 use crate::budget::LatencyBudget;
 use crate::conn::{close_now, nothing_to_lose, Core, Phase};
-use crate::protocol::{CloseReason, Factory};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::push::Pusher;
 use crate::uring::ring::{build_ring, BufRing};
 use crate::uring::Features;
 
@@ -109,6 +111,8 @@ enum Op {
     Timer = 3,
     /// The lingering connections' check ([`LINGER_CHECK`]).
     Linger = 7,
+    /// A poll on the eventfd that pushes write to ([`crate::push`]).
+    Push = 8,
     Cancel = 4,
     Recv = 5,
     Send = 6,
@@ -158,6 +162,8 @@ struct Slot<H> {
     /// sent, whatever the peer still sends is dropped, and the connection
     /// ends at its EOF or once nothing can be lost.
     lingering: Option<(CloseReason, Instant)>,
+    /// The pushers' side, for a handler that pushes.
+    push: Option<Pusher>,
 }
 
 /// Gives an emptied send buffer back for reuse.
@@ -199,6 +205,11 @@ struct Loop<'a, F: Factory> {
     linger_armed: bool,
     /// [`LINGER_CHECK`] for the kernel.
     linger_ts: Timespec,
+    /// For handlers that push: the eventfd a push writes to wake the loop,
+    /// and the connections (key, generation) that have pushed since.
+    push_fd: Option<Arc<OwnedFd>>,
+    pushed: Arc<Mutex<Vec<(usize, u32)>>>,
+    push_armed: bool,
     completions: Vec<cqueue::Entry>,
     spare: Spare,
     /// The handlers' replies are built here, then queued in the core.
@@ -276,6 +287,9 @@ pub(super) fn serve_with<F: Factory>(
         draining: None,
         linger_armed: false,
         linger_ts: Timespec::new().nsec(LINGER_CHECK.subsec_nanos()),
+        push_fd: None,
+        pushed: Arc::default(),
+        push_armed: false,
         completions: Vec::with_capacity(1024),
         spare: Vec::new(),
         scratch: Vec::with_capacity(MAX_BUFFER),
@@ -296,6 +310,10 @@ impl<F: Factory> Loop<'_, F> {
             .user_data(user_data(Op::Stop, 0, 0));
         // SAFETY: a poll references no memory of ours.
         unsafe { self.push(&poll)? };
+        if F::Handler::PUSH {
+            self.push_fd = Some(Arc::new(crate::sys::eventfd()?));
+            self.arm_push_poll()?;
+        }
         self.arm_accept()?;
         while !self.stopping {
             if let Some(b) = &self.bufs {
@@ -392,6 +410,10 @@ impl<F: Factory> Loop<'_, F> {
         match op {
             x if x == Op::Accept as u64 => self.on_accept(res, flags),
             x if x == Op::Stop as u64 => self.begin_drain(),
+            x if x == Op::Push as u64 => {
+                self.push_armed = false;
+                self.take_pushed()
+            }
             x if x == Op::Linger as u64 => {
                 self.linger_armed = false;
                 self.check_lingering()
@@ -453,7 +475,24 @@ impl<F: Factory> Loop<'_, F> {
             };
             if let Some(stream) = self.acceptor.admit(stream, live, self.counters) {
                 self.next_gen = self.next_gen.wrapping_add(1);
-                let mut core = Core::new(self.factory.new_handler());
+                let mut handler = self.factory.new_handler();
+                let push = match &self.push_fd {
+                    Some(fd) => {
+                        let (fd, list) = (fd.clone(), self.pushed.clone());
+                        let (key, gen) = (self.conns.vacant_key(), self.next_gen);
+                        let (pusher, push) = Pusher::new(self.config.max_output, move || {
+                            let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
+                            list.push((key, gen));
+                            if list.len() == 1 {
+                                let _ = crate::sys::write(&*fd, &1u64.to_ne_bytes());
+                            }
+                        });
+                        handler.attach(push);
+                        Some(pusher)
+                    }
+                    None => None,
+                };
+                let mut core = Core::new(handler);
                 let greeted = core.open(&mut self.scratch, self.counters, queue_only);
                 debug_assert!(greeted.is_ok(), "queueing cannot fail");
                 let key = self.conns.insert(Slot {
@@ -470,6 +509,7 @@ impl<F: Factory> Loop<'_, F> {
                     dead: None,
                     last_active: self.turn,
                     lingering: None,
+                    push,
                 });
                 self.pump(key)?;
             }
@@ -730,6 +770,9 @@ impl<F: Factory> Loop<'_, F> {
         let wants_read = slot.core.wants_read(max_output) || slot.lingering.is_some();
         let low = slot.core.pending() < max_output / 2;
         let lingering = slot.lingering.is_some();
+        if let Some(p) = &slot.push {
+            p.set_pending(slot.core.pending());
+        }
         let mut recv = None;
         let mut cancel_recv = false;
         if wants_read && !slot.recv_armed {
@@ -779,6 +822,58 @@ impl<F: Factory> Loop<'_, F> {
         }
         if cancel_recv {
             self.cancel(user_data(Op::Recv, gen, key))?;
+        }
+        Ok(())
+    }
+
+    /// Arms the poll on the push eventfd.
+    fn arm_push_poll(&mut self) -> io::Result<()> {
+        let Some(fd) = &self.push_fd else {
+            return Ok(());
+        };
+        let poll = opcode::PollAdd::new(Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(Op::Push, 0, 0));
+        // SAFETY: a poll references no memory of ours.
+        unsafe { self.push(&poll)? };
+        self.push_armed = true;
+        Ok(())
+    }
+
+    /// Moves what was pushed into each connection's output, in order
+    /// behind its replies; a close asked for by a pusher ends it.
+    fn take_pushed(&mut self) -> io::Result<()> {
+        if let Some(fd) = &self.push_fd {
+            let mut buf = [0u8; 8];
+            let _ = crate::sys::read(&**fd, &mut buf);
+        }
+        let list = std::mem::take(&mut *self.pushed.lock().unwrap_or_else(PoisonError::into_inner));
+        for (key, gen) in list {
+            let Some(slot) = self.conns.get_mut(key).filter(|s| s.gen == gen) else {
+                continue;
+            };
+            let Some(pusher) = &slot.push else {
+                continue;
+            };
+            let pushed = pusher.take();
+            if slot.dead.is_some() || slot.lingering.is_some() {
+                continue;
+            }
+            if pushed.close == Some(true) {
+                slot.dead = Some(CloseReason::HandlerClosed);
+            } else {
+                let action = if pushed.close == Some(false) {
+                    Action::Close
+                } else {
+                    Action::Continue
+                };
+                slot.core
+                    .respond(&pushed.bytes, action, self.counters, queue_only)?;
+            }
+            self.pump(key)?;
+        }
+        if !self.stopping {
+            self.arm_push_poll()?;
         }
         Ok(())
     }
@@ -868,9 +963,16 @@ impl<F: Factory> Loop<'_, F> {
         if self.linger_armed {
             self.cancel(user_data(Op::Linger, 0, 0))?;
         }
+        if self.push_armed {
+            self.cancel(user_data(Op::Push, 0, 0))?;
+        }
         let deadline = Instant::now() + DRAIN_LIMIT;
         let ts = Timespec::new().nsec(100_000_000);
-        while (self.conns.len() > 0 || self.accept_armed || self.timer_armed || self.linger_armed)
+        while (self.conns.len() > 0
+            || self.accept_armed
+            || self.timer_armed
+            || self.linger_armed
+            || self.push_armed)
             && Instant::now() < deadline
         {
             if self.features.ext_arg {
@@ -882,8 +984,11 @@ impl<F: Factory> Loop<'_, F> {
             }
             self.reap()?;
         }
-        let drained =
-            self.conns.len() == 0 && !self.accept_armed && !self.timer_armed && !self.linger_armed;
+        let drained = self.conns.len() == 0
+            && !self.accept_armed
+            && !self.timer_armed
+            && !self.linger_armed
+            && !self.push_armed;
         if drained {
             if let Some(b) = self.bufs.take() {
                 b.release(&self.ring);
