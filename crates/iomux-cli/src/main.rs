@@ -4,14 +4,19 @@
 //!   ASCII letters upper-cased) with one model;
 //! * `iomux client` is the lessons' client: interactive, piped, or bulk;
 //! * `iomux bench` starts every model in turn and measures them in one run;
-//! * `iomux doctor` says what this machine offers and what iomux does with it.
+//! * `iomux doctor` says what this machine offers and what iomux does with it;
+//! * `iomux lessons` tests every claim of the seed lessons on this machine.
 //!
 //! Errors are one line on stderr, `iomux: error: ...`, and a non-zero exit.
+//! The library's own reports (stalls, accept failures, refusals) come
+//! through the `log` facade: warnings and errors by default, more with
+//! `-v`, fewer with `-q`, or as `RUST_LOG` says.
 
 mod bench;
 mod client;
 mod control;
 mod doctor;
+mod lessons;
 mod peer_tokio;
 mod serve;
 
@@ -24,6 +29,13 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "iomux", version, about, long_about = None)]
 struct Cli {
+    /// Log more: -v info, -vv debug, -vvv trace (RUST_LOG, if set, decides
+    /// instead).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log less: -q errors only, -qq nothing.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,26 +52,51 @@ enum Command {
     /// What this machine offers (kernel, backends, io_uring features,
     /// limits) and which model `auto` picks.
     Doctor(doctor::DoctorArgs),
+    /// Test every claim of the lessons on this machine: the seed it comes
+    /// from, the measurement, the figure and whether it holds.
+    Lessons(lessons::LessonsArgs),
     /// The tokio peer server the bench compares against (used by `bench --peers`).
     #[command(hide = true)]
     PeerTokio(peer_tokio::PeerArgs),
 }
 
+/// The level `-v`/`-q` ask for; warnings by default.
+fn level(verbose: u8, quiet: u8) -> log::LevelFilter {
+    use log::LevelFilter::*;
+    match (verbose, quiet) {
+        (0, 0) => Warn,
+        (_, 1) => Error,
+        (_, q) if q > 1 => Off,
+        (1, _) => Info,
+        (2, _) => Debug,
+        _ => Trace,
+    }
+}
+
+/// Installs the logger: the library's reports as `iomux: message` lines on
+/// stderr, at the level of `-v`/`-q`, or as `RUST_LOG` says when it is
+/// set.
+fn init_logger(verbose: u8, quiet: u8) {
+    use std::io::Write;
+    let mut builder = env_logger::Builder::new();
+    builder
+        .filter_level(level(verbose, quiet))
+        .format(|f, record| writeln!(f, "iomux: {}", record.args()));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The library reports through the `log` facade; warnings and errors
-    // show by default, as `iomux: ...` lines on stderr (RUST_LOG overrides).
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format(|f, record| {
-            use std::io::Write;
-            writeln!(f, "iomux: {}", record.args())
-        })
-        .init();
+    init_logger(cli.verbose, cli.quiet);
     let result = match &cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
         Command::Bench(args) => bench::run(args).map(|_| ()),
         Command::Doctor(args) => doctor::run(args),
+        Command::Lessons(args) => lessons::run(args),
         Command::PeerTokio(args) => peer_tokio::run(args),
     };
     match result {

@@ -42,26 +42,6 @@ const SHORT_CLIENTS: usize = 3;
 const MAX_CONNS_PER_CLIENT: usize = 2_000;
 const LOAD_BOUND: Duration = Duration::from_secs(90);
 
-/// Whether HAProxy can run here; if not, fails under CI and prints a skip
-/// line elsewhere.
-fn haproxy_available() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "haproxy is not installed, and CI is set: install it \
-             (`apt-get install -y haproxy`; .ci/run does) to run the balancer test"
-        );
-        eprintln!("skipped: haproxy is not installed (apt-get install -y haproxy)");
-    }
-    found
-}
-
 /// A free loopback port, from the OS. It is free again once returned, so
 /// something else could take it before HAProxy binds it; nothing on this
 /// machine picks ports that way but this test.
@@ -422,7 +402,7 @@ fn wait_round_trips(t: &Tally, from: u64, more: u64, what: &str) {
 
 #[test]
 fn an_instance_restarts_behind_haproxy_and_no_client_notices() {
-    if !haproxy_available() {
+    if !common::installed("haproxy", "-v") {
         return;
     }
     let dir = TempDir::new();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{address_in, Server as Served, IOMUX};
+use common::{address_in, bench_json, measured_row, Server as Served, IOMUX};
 
 fn iomux(args: &[&str]) -> Output {
     Command::new(IOMUX)
@@ -207,47 +207,6 @@ fn sigterm_stops_the_server_cleanly() {
             "{model}"
         );
     }
-}
-
-/// Runs `iomux bench ARGS --json FILE`, which must succeed; its report and
-/// output.
-fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let json = std::env::temp_dir().join(format!("iomux-bench-{}-{n}.json", std::process::id()));
-    let out = Command::new(IOMUX)
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    std::fs::remove_file(&json).unwrap();
-    (report, out)
-}
-
-/// The report's one-loop row of `model` under `shape`, which must have
-/// been measured: round trips and no errors.
-fn measured_row<'a>(
-    runs: &'a [serde_json::Value],
-    model: &str,
-    shape: &str,
-) -> &'a serde_json::Value {
-    let row = runs
-        .iter()
-        .find(|r| r["model"] == model && r["threads"] == 1 && r["shape"] == shape)
-        .unwrap_or_else(|| panic!("no {shape} row for {model}"));
-    assert!(
-        row["status"].is_null(),
-        "{model} {shape}: {}",
-        row["status"]
-    );
-    assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
-    assert_eq!(row["errors"], 0, "{model} {shape}");
-    row
 }
 
 #[test]
@@ -607,6 +566,69 @@ fn bench_addr_measures_a_running_server() {
 fn bench_addr_refuses_an_address_off_this_machine() {
     let out = iomux(&["bench", "--addr", "192.0.2.1:1688"]);
     assert_one_line_error(&out, "192.0.2.1:1688 is not a loopback address");
+}
+
+/// Runs `iomux FLAGS serve` on epoll with a handler that holds the loop for
+/// 150 ms per line (which the library reports as a stall, once), sends it
+/// one line, stops it, and returns what it wrote to stderr.
+fn stall_report(flags: &[&str], rust_log: Option<&str>) -> String {
+    let mut cmd = Command::new(IOMUX);
+    cmd.args(flags)
+        .args([
+            "serve",
+            "--model",
+            "epoll",
+            "--protocol",
+            "slow-upper",
+            "--work-ms",
+            "150",
+            "--addr",
+            "127.0.0.1:0",
+            "--control",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(spec) = rust_log {
+        cmd.env("RUST_LOG", spec);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let mut conn = std::net::TcpStream::connect(address_in(&first)).unwrap();
+    conn.write_all(b"x\n").unwrap();
+    let mut reply = [0u8; 2];
+    std::io::Read::read_exact(&mut conn, &mut reply).unwrap();
+    assert_eq!(&reply, b"X\n");
+    drop(conn);
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn the_library_logs_through_the_cli_logger_as_v_q_and_rust_log_say() {
+    let stall = "held the event loop";
+    // Warnings show by default, as `iomux: ...` lines.
+    let default = stall_report(&[], None);
+    assert!(
+        default
+            .lines()
+            .any(|l| l.starts_with("iomux: ") && l.contains(stall)),
+        "{default}"
+    );
+    // -q leaves errors only; RUST_LOG=off silences everything.
+    for (flags, rust_log) in [(&["-q"][..], None), (&[][..], Some("off"))] {
+        let quiet = stall_report(flags, rust_log);
+        assert!(!quiet.contains(stall), "{flags:?} {rust_log:?}: {quiet}");
+    }
+    // -v and -q together are refused.
+    let both = iomux(&["-v", "-q", "doctor"]);
+    assert!(!both.status.success());
 }
 
 /// A latency budget works on the models that wait for events and is refused,

@@ -25,8 +25,9 @@
 //! nc 127.0.0.1 PORT    # in two terminals, and type
 //! ```
 //!
-//! Models that can push: select, poll, epoll, coroutine and uring; the
-//! others refuse this handler at start, with one line saying which to use.
+//! Every model serves it: the event loops are woken to send pushed
+//! output; a thread of the thread models waits for its socket and for
+//! pushes together; busy-poll looks at every pass.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -128,7 +129,7 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
-    const USAGE: &str = "usage: chat_server [--model MODEL] [ADDR]   (MODEL: auto, select, poll, epoll, coroutine, uring)";
+    const USAGE: &str = "usage: chat_server [--model MODEL] [ADDR]   (MODEL: auto, blocking, threaded, pool, busy-poll, select, poll, epoll, coroutine, uring)";
     let (mut model, mut addr) = (Model::auto(), "127.0.0.1:0".to_string());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -159,8 +160,6 @@ fn run() -> Result<(), Box<dyn Error>> {
         push: None,
         line: Vec::new(),
     };
-    // A model that cannot push refuses the handler here, in one line.
-    iomux::server::check_handler(model, &factory)?;
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     println!(
         "chat_server ({model}) listening on {}",

@@ -20,15 +20,21 @@
 //! its counters (recv, send, wait and ctl calls). Memory comes from
 //! `/proc/PID/status`.
 //!
+//! Any other server can run beside them (`--server NAME=CMD`): it is
+//! started, pinned and loaded the same way; its CPU and memory are read
+//! from `/proc` for its whole process tree, and the counters only our
+//! servers keep are reported as `-` (null in JSON).
+//!
 //! `--addr HOST:PORT` measures a server that is already running (one of
 //! ours, a balancer in front of several, anything speaking the protocol):
 //! throughput and latency only, since its counters cannot be read; its CPU
-//! too if `pid=` names its processes (read from `/proc/PID/stat`).
+//! too if `pid=` names its processes (read from `/proc`).
 
 pub mod load;
 mod plot;
+pub mod proctree;
 mod report;
-mod server;
+pub mod server;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpStream};
@@ -92,6 +98,16 @@ pub struct BenchArgs {
     /// same protocol, as the idiomatic Rust baseline.
     #[arg(long)]
     pub peers: bool,
+    /// Also run any server speaking --protocol, as NAME=CMD (repeatable):
+    /// CMD runs under `sh -c`, with `{addr}` or `{port}` replaced by a free
+    /// loopback address or port, e.g.
+    /// `--server socat='socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr EXEC:cat'`.
+    #[arg(long = "server", value_name = "NAME=CMD")]
+    pub servers: Vec<String>,
+    /// The protocol every server speaks, and replies are checked against:
+    /// upper or echo.
+    #[arg(long, default_value = "upper")]
+    pub protocol: Protocol,
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -166,8 +182,38 @@ impl std::str::FromStr for RunningServer {
     }
 }
 
-/// A server kind the bench measures: one of our models, a peer, or a
-/// server already running.
+impl RunningServer {
+    /// Its readings: the CPU time of its processes as `cpu_us`, every
+    /// other field 0 (its counters cannot be read).
+    fn stats(&self) -> Result<Stats> {
+        let cpu_us = self
+            .pids
+            .iter()
+            .map(|&pid| proctree::cpu_us(pid))
+            .sum::<Result<u64>>()?;
+        Ok(Stats {
+            cpu_us,
+            ..Stats::default()
+        })
+    }
+
+    /// The peak resident memory (VmHWM) of its processes, summed, if they
+    /// are named and readable.
+    fn peak_rss(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids
+            .iter()
+            .map(|&pid| proctree::memory(pid).map(|(_, peak)| peak))
+            .sum::<Result<u64>>()
+            .ok()
+    }
+}
+
+/// A server kind the bench measures: one of our models, a peer, any
+/// other server it starts (`--server`), or a server already running
+/// (`--addr`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     /// An iomux model.
@@ -176,6 +222,13 @@ pub enum Subject {
     Tokio,
     /// A server already running at this address (`--addr`).
     Running(SocketAddr),
+    /// Any server, started as `sh -c CMD` (`--server NAME=CMD`).
+    Foreign {
+        /// Its name in reports.
+        name: &'static str,
+        /// Its command line, `{addr}` and `{port}` not yet replaced.
+        cmd: &'static str,
+    },
 }
 
 impl Subject {
@@ -185,8 +238,37 @@ impl Subject {
             Subject::Model(m) => m.name().into(),
             Subject::Tokio => "tokio".into(),
             Subject::Running(addr) => addr.to_string(),
+            Subject::Foreign { name, .. } => name.into(),
         }
     }
+
+    /// Whether it keeps the counters of our servers (read through the
+    /// control channel): the models and the tokio peer do.
+    fn keeps_counters(self) -> bool {
+        matches!(self, Subject::Model(_) | Subject::Tokio)
+    }
+}
+
+/// A `--server NAME=CMD` as a subject. Its two strings live as long as the
+/// process (a handful per run), so that subjects stay `Copy`.
+fn foreign_subject(spec: &str) -> Result<Subject> {
+    let (name, cmd) = spec
+        .split_once('=')
+        .map(|(n, c)| (n.trim(), c.trim()))
+        .filter(|(n, c)| !n.is_empty() && !c.is_empty())
+        .ok_or_else(|| {
+            anyhow!("--server {spec:?}: expected NAME=CMD, e.g. --server socat='socat TCP-LISTEN:{{port}},bind=127.0.0.1,fork,reuseaddr EXEC:cat'")
+        })?;
+    if !cmd.contains("{addr}") && !cmd.contains("{port}") {
+        bail!("--server {name}: CMD must listen where the bench says: put {{addr}} (127.0.0.1:PORT) or {{port}} in it");
+    }
+    if name == "tokio" || name.parse::<Model>().is_ok() {
+        bail!("--server {name}: that name is a model's or peer's; pick another");
+    }
+    Ok(Subject::Foreign {
+        name: Box::leak(name.to_string().into_boxed_str()),
+        cmd: Box::leak(cmd.to_string().into_boxed_str()),
+    })
 }
 
 /// A server the bench starts: a subject, with its loops.
@@ -293,9 +375,18 @@ pub struct Plan {
     rounds: usize,
     /// The servers of `--addr`.
     running: Vec<RunningServer>,
+    protocol: Protocol,
 }
 
 impl Plan {
+    /// The `--addr` server listening at `addr`.
+    fn running(&self, addr: SocketAddr) -> &RunningServer {
+        self.running
+            .iter()
+            .find(|r| r.addr == addr)
+            .expect("every running subject comes from --addr")
+    }
+
     /// The CPUs a server with `threads` loops is pinned to: 0 to N-1 (all
     /// of them, if N is more).
     fn server_cpus(&self, threads: usize) -> Vec<usize> {
@@ -379,6 +470,16 @@ impl BenchArgs {
             if !subjects.contains(&Subject::Running(r.addr)) {
                 subjects.push(Subject::Running(r.addr));
             }
+        }
+        for spec in &self.servers {
+            let subject = foreign_subject(spec)?;
+            if subjects.iter().any(|s| s.name() == subject.name()) {
+                bail!("--server {}: named twice", subject.name());
+            }
+            subjects.push(subject);
+        }
+        if matches!(self.protocol, Protocol::SlowUpper(_)) {
+            bail!("--protocol slow-upper is a slow handler, not I/O: the bench takes upper or echo (`iomux lessons` measures the slow handler)");
         }
         // Each subject at each loop count it can run: the others at 1 only
         // (the tokio peer is current_thread).
@@ -473,6 +574,7 @@ impl BenchArgs {
             cpus,
             rounds: if self.quick { 1 } else { self.rounds },
             running,
+            protocol: self.protocol,
         })
     }
 }
@@ -623,6 +725,19 @@ pub struct Setup {
     pub rounds: usize,
     /// Kernel release.
     pub kernel: String,
+    /// The protocol every server spoke.
+    pub protocol: &'static str,
+    /// The `--server` subjects, as given.
+    pub servers: Vec<ForeignServer>,
+}
+
+/// A `--server NAME=CMD` subject.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForeignServer {
+    /// Its name in the rows.
+    pub name: &'static str,
+    /// Its command, before `{addr}` and `{port}` are replaced.
+    pub cmd: &'static str,
 }
 
 /// Why `subject` cannot take `conns` connections, if it cannot: reported,
@@ -651,6 +766,25 @@ fn cannot_take(subject: Subject, conns: usize, workers: usize) -> Option<String>
     }
 }
 
+/// Starts `target` for one measurement: ours with its control channel, a
+/// foreign one through `sh`, each on the CPUs the plan gives it.
+fn start_server(target: Target, plan: &Plan) -> Result<ServerProc> {
+    match target.subject {
+        Subject::Foreign { name, cmd } => {
+            let (cpus, load) = if plan.pin {
+                (
+                    plan.server_cpus(target.threads),
+                    plan.load_cpus(target.threads),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            ServerProc::start_foreign(name, cmd, &cpus, &load)
+        }
+        _ => ServerProc::start(&server_args(target, plan)),
+    }
+}
+
 fn server_args(target: Target, plan: &Plan) -> Vec<String> {
     let mut args: Vec<String> = match target.subject {
         Subject::Model(m) => vec![
@@ -666,7 +800,9 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
         ],
         Subject::Tokio => vec!["peer-tokio".into()],
         Subject::Running(addr) => unreachable!("{addr} runs already: the bench starts nothing"),
+        Subject::Foreign { .. } => unreachable!("foreign servers start through sh"),
     };
+    args.extend(["--protocol".into(), plan.protocol.name().into()]);
     if target.batch_wait_us > 0 {
         args.extend([
             "--uring-batch-wait".into(),
@@ -688,26 +824,32 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
     args
 }
 
-/// Samples the server's counters at the edges of the measured window.
+/// Reads the server's figures at the edges of the measured window with
+/// `sample`, if there is one: ours answer through their control channel, a
+/// foreign server's tree and a running server's processes are read from
+/// `/proc`.
 struct WindowProbe<'a> {
-    server: &'a mut ServerProc,
-    start: Option<(Stats, Instant)>,
-    end: Option<(Stats, Instant)>,
+    sample: Option<&'a mut dyn FnMut() -> Result<Stats>>,
+    start: Option<Stats>,
+    end: Option<Stats>,
     failure: Option<String>,
+}
+
+impl WindowProbe<'_> {
+    fn read(&mut self) -> Option<Stats> {
+        let sample = self.sample.as_mut()?;
+        sample()
+            .map_err(|e| self.failure = Some(format!("server stats: {e:#}")))
+            .ok()
+    }
 }
 
 impl Probe for WindowProbe<'_> {
     fn window_start(&mut self) {
-        match self.server.stats() {
-            Ok(s) => self.start = Some((s, Instant::now())),
-            Err(e) => self.failure = Some(format!("server stats: {e}")),
-        }
+        self.start = self.read();
     }
     fn window_end(&mut self) {
-        match self.server.stats() {
-            Ok(s) => self.end = Some((s, Instant::now())),
-            Err(e) => self.failure = Some(format!("server stats: {e}")),
-        }
+        self.end = self.read();
     }
 }
 
@@ -763,17 +905,62 @@ fn loop_conns(stats: &Stats) -> Vec<u64> {
     stats.loop_accepted.clone()
 }
 
-/// What the server side gave over a measured window: its counters at both
-/// edges (our servers), its CPU seconds (when its processes are known),
-/// its memory.
-struct ServerSide {
-    counters: Option<(Stats, Stats)>,
-    cpu_s: Option<f64>,
-    peak_rss: Option<u64>,
-    rss_per_conn: Option<f64>,
-    failure: Option<String>,
+/// What one load run against a server saw: the load generator's figures
+/// and the server's readings at the window's edges.
+pub struct Window {
+    /// The load generator's figures.
+    pub result: load::LoadResult,
+    /// The server's readings at the start and end of the measured window:
+    /// all its counters for ours; only `cpu_us` (and `accepted`) for a
+    /// foreign server or a running one with `pid=`; none for a running
+    /// one without.
+    pub edges: Option<(Stats, Stats)>,
+    /// Why the readings are missing, if a reading failed.
+    pub failure: Option<String>,
 }
 
+impl Window {
+    /// How much `field` grew over the window, if the server was read.
+    pub fn delta(&self, field: impl Fn(&Stats) -> u64) -> Option<f64> {
+        let (a, b) = self.edges.as_ref()?;
+        Some(delta(a, b, field))
+    }
+}
+
+/// Runs `spec`, reading the server with `sample` (if any) at the edges of
+/// the measured window.
+fn measure(spec: &LoadSpec, sample: Option<&mut dyn FnMut() -> Result<Stats>>) -> Result<Window> {
+    let mut probe = WindowProbe {
+        sample,
+        start: None,
+        end: None,
+        failure: None,
+    };
+    let result = load::run(spec, &mut probe)?;
+    Ok(Window {
+        result,
+        edges: probe.start.take().zip(probe.end.take()),
+        failure: probe.failure.take(),
+    })
+}
+
+/// Runs `spec` against `server`, reading its counters at the edges of the
+/// measured window.
+pub fn measure_load(server: &mut ServerProc, spec: &LoadSpec) -> Result<Window> {
+    measure(spec, Some(&mut || server.stats()))
+}
+
+/// A server's memory over one load run, where it is known.
+struct Memory {
+    /// Peak resident bytes.
+    peak: Option<u64>,
+    /// Resident bytes per connection above the idle server's (only for a
+    /// server the bench started, so measured idle first).
+    per_conn: Option<f64>,
+}
+
+/// One load run against `target`: started and stopped around it, or, for
+/// a running server, loaded where it listens.
 fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Result<RunRow> {
     let spec = |addr| LoadSpec {
         addr,
@@ -783,95 +970,78 @@ fn run_load(target: Target, plan: &Plan, conns: usize, rate: Option<f64>) -> Res
         duration: plan.duration,
         warmup: plan.warmup,
         rate,
-        protocol: Protocol::Upper,
+        protocol: plan.protocol,
     };
-    let (result, side) = if let Subject::Running(addr) = target.subject {
-        let pids = plan
-            .running
-            .iter()
-            .find(|r| r.addr == addr)
-            .map(|r| r.pids.clone())
-            .unwrap_or_default();
-        let mut probe = server::PidProbe::new(pids);
-        let result = load::run(&spec(addr), &mut probe)?;
-        let (cpu_s, failure) = probe.cpu_seconds();
-        let side = ServerSide {
-            counters: None,
-            cpu_s,
-            peak_rss: probe.peak_rss(),
-            rss_per_conn: None,
-            failure,
+    let (window, memory) = if let Subject::Running(addr) = target.subject {
+        let running = plan.running(addr);
+        let mut sample = || running.stats();
+        let sample: Option<&mut dyn FnMut() -> Result<Stats>> = if running.pids.is_empty() {
+            None
+        } else {
+            Some(&mut sample)
         };
-        (result, side)
+        let window = measure(&spec(addr), sample)?;
+        let memory = Memory {
+            peak: running.peak_rss(),
+            per_conn: None,
+        };
+        (window, memory)
     } else {
-        let mut server = ServerProc::start(&server_args(target, plan))?;
+        let mut server = start_server(target, plan)?;
         let (rss_idle, _) = server.memory()?;
-        let mut probe = WindowProbe {
-            server: &mut server,
-            start: None,
-            end: None,
-            failure: None,
-        };
-        let result = load::run(&spec(probe.server.addr), &mut probe)?;
-        let (start, end, failure) = (probe.start.take(), probe.end.take(), probe.failure.take());
-        let (rss_now, peak_rss) = server.memory()?;
+        let spec = spec(server.addr);
+        let window = measure_load(&mut server, &spec)?;
+        let (rss_now, peak) = server.memory()?;
         server.stop()?;
-        let counters = match (start, end) {
-            (Some((s0, _)), Some((s1, _))) => Some((s0, s1)),
-            _ => None,
+        let memory = Memory {
+            peak: Some(peak),
+            per_conn: Some(rss_now.saturating_sub(rss_idle) as f64 / conns as f64),
         };
-        let failure = match (&counters, failure) {
-            (None, f) => Some(f.unwrap_or_else(|| "no measured window".into())),
-            (Some(_), f) => f,
-        };
-        let side = ServerSide {
-            cpu_s: counters
-                .as_ref()
-                .map(|(s0, s1)| delta(s0, s1, |s| s.cpu_us) / 1e6),
-            counters,
-            peak_rss: Some(peak_rss),
-            rss_per_conn: Some(rss_now.saturating_sub(rss_idle) as f64 / conns as f64),
-            failure,
-        };
-        (result, side)
+        (window, memory)
     };
-    let shape = if rate.is_some() { "paced" } else { "closed" };
-    if side.counters.is_none() && !matches!(target.subject, Subject::Running(_)) {
-        let why = side.failure.unwrap_or_default();
-        return Ok(empty_row(target, shape, conns, rate, why));
-    }
-    Ok(load_row(target, conns, rate, &result, side))
+    Ok(load_row(target, conns, rate, window, memory))
 }
 
-/// The row of one measured window.
+/// The row of one measured window. A figure the server could not give is
+/// `None`: the counters only our servers keep (waits and syscalls: the
+/// models; sleeps: the models and the tokio peer), CPU without readings
+/// (a running server without `pid=`), memory per connection of a server
+/// the bench did not start.
 fn load_row(
     target: Target,
     conns: usize,
     rate: Option<f64>,
-    result: &load::LoadResult,
-    side: ServerSide,
+    window: Window,
+    memory: Memory,
 ) -> RunRow {
     let subject = target.subject;
+    let shape = if rate.is_some() { "paced" } else { "closed" };
+    // A server the bench started is read at both edges or not measured.
+    if window.edges.is_none() && !matches!(subject, Subject::Running(_)) {
+        let why = window
+            .failure
+            .unwrap_or_else(|| "no measured window".into());
+        return empty_row(target, shape, conns, rate, why);
+    }
+    let result = &window.result;
     let secs = result.elapsed.as_secs_f64().max(1e-9);
     let rts = result.round_trips as f64;
     let per_rt = |x: f64| if rts > 0.0 { Some(x / rts) } else { None };
     let is_model = matches!(subject, Subject::Model(_));
+    let counter =
+        |keeps: bool, f: &dyn Fn(&Stats) -> u64| window.delta(f).filter(|_| keeps).and_then(per_rt);
     // io_uring's recv and send are submissions, not syscalls: its only
     // kernel entry is io_uring_enter, which it counts as a wait.
     let uring = subject == Subject::Model(Model::Uring);
-    let counter =
-        |f: &dyn Fn(&Stats) -> u64| side.counters.as_ref().map(|(s0, s1)| delta(s0, s1, f));
-    let syscalls = counter(&|s| {
-        let c = &s.counters;
-        let io = if uring {
-            0
-        } else {
-            c.recv_calls + c.send_calls
-        };
-        io + c.wait_calls + c.ctl_calls
-    });
+    let cpu_s = window.delta(|s| s.cpu_us).map(|us| us / 1e6);
     let h = &result.latency_ns;
-    let mut status = side.failure;
+    let mut status = window.failure.clone();
+    if rts == 0.0 && status.is_none() {
+        status = Some(format!(
+            "no round trip completed in the {:.2} s window ({} of {conns} connected)",
+            secs, result.connected
+        ));
+    }
     if result.errors > 0 {
         status = Some(format!(
             "{} errors: {}",
@@ -882,7 +1052,7 @@ fn load_row(
     RunRow {
         model: target.name(),
         threads: target.threads,
-        shape: if rate.is_some() { "paced" } else { "closed" },
+        shape,
         conns,
         rate,
         status,
@@ -891,21 +1061,27 @@ fn load_row(
         p50_us: h.value_at_quantile(0.50) as f64 / 1e3,
         p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
         p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
-        cpu_s_per_mrt: side.cpu_s.and_then(|c| per_rt(c * 1e6)),
-        server_cores: side.cpu_s.map(|c| c / secs),
-        waits_per_rt: counter(&|s| s.counters.wait_calls)
-            .filter(|_| is_model)
-            .and_then(per_rt),
-        syscalls_per_rt: syscalls.filter(|_| is_model).and_then(per_rt),
-        sleeps_per_rt: counter(&|s| s.vcsw).and_then(per_rt),
-        peak_rss: side.peak_rss,
-        rss_per_conn: side.rss_per_conn,
+        cpu_s_per_mrt: cpu_s.and_then(|c| per_rt(c * 1e6)),
+        server_cores: cpu_s.map(|c| c / secs),
+        waits_per_rt: counter(is_model, &|s| s.counters.wait_calls),
+        syscalls_per_rt: counter(is_model, &|s| {
+            let c = &s.counters;
+            let io = if uring {
+                0
+            } else {
+                c.recv_calls + c.send_calls
+            };
+            io + c.wait_calls + c.ctl_calls
+        }),
+        sleeps_per_rt: counter(subject.keeps_counters(), &|s| s.vcsw),
+        peak_rss: memory.peak,
+        rss_per_conn: memory.per_conn,
         errors: result.errors,
         late: result.late,
         rounds: 1,
         cpu_vs_tokio: None,
-        loop_conns: side
-            .counters
+        loop_conns: window
+            .edges
             .as_ref()
             .map_or_else(Vec::new, |(_, s1)| loop_conns(s1)),
         rt_vs_one_loop: None,
@@ -915,7 +1091,8 @@ fn load_row(
     }
 }
 
-fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+/// Opens `n` connections to `addr` that send nothing, a few at a time.
+pub fn connect_idle(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         v.push(TcpStream::connect(addr).with_context(|| format!("idle connection #{i}"))?);
@@ -937,7 +1114,7 @@ fn run_idle(target: Target, plan: &Plan) -> Result<IdleRow> {
             cpu_pct: 0.0,
         });
     }
-    let mut server = ServerProc::start(&server_args(target, plan))?;
+    let mut server = start_server(target, plan)?;
     let held = connect_idle(server.addr, conns)?;
     server.wait_accepted(conns as u64, Duration::from_secs(10))?;
     let c0 = server.stats()?;
@@ -973,7 +1150,7 @@ fn run_memory(target: Target, plan: &Plan) -> Result<MemRow> {
     if subject == Subject::Model(Model::BusyPoll) {
         return Ok(row("skipped: polls every connection on every pass".into()));
     }
-    let mut server = ServerProc::start(&server_args(target, plan))?;
+    let mut server = start_server(target, plan)?;
     // One connection first, so first-use allocations are in the baseline.
     let warm = connect_idle(server.addr, 1)?;
     server.wait_accepted(1, Duration::from_secs(10))?;
@@ -1157,6 +1334,15 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 .unwrap_or_default()
                 .trim()
                 .into(),
+            protocol: plan.protocol.name(),
+            servers: plan
+                .subjects
+                .iter()
+                .filter_map(|t| match t.subject {
+                    Subject::Foreign { name, cmd } => Some(ForeignServer { name, cmd }),
+                    _ => None,
+                })
+                .collect(),
         },
         runs: Vec::new(),
         idle: Vec::new(),

@@ -7,7 +7,9 @@ use plotters::prelude::*;
 
 use super::{label, Report};
 
-const COLORS: [RGBColor; 9] = [
+/// Distinct colours, enough for every model, the peer and a few
+/// `--server` subjects before one repeats.
+const COLORS: [RGBColor; 14] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -17,6 +19,11 @@ const COLORS: [RGBColor; 9] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 128, 128),
+    RGBColor(0, 0, 0),
 ];
 
 /// An axis label without trailing zeros: 600k, 2.5, 0.25.
@@ -60,34 +67,66 @@ fn series(
     out
 }
 
+/// The y axis of a line chart.
+#[derive(Clone, Copy, PartialEq)]
+enum YScale {
+    Linear,
+    /// Logarithmic: for figures that span decades (latency).
+    Log,
+}
+
 fn line_chart(
     path: &Path,
     title: &str,
     y_label: &str,
     data: &[(String, Vec<(f64, f64)>)],
+    scale: YScale,
 ) -> Result<()> {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
-    let xs = data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
-    let x_max = xs.fold(1.0f64, f64::max) * 2.0;
-    let y_max = data
+    let (x_min, x_max) = x_span(data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
+    // A log y axis is drawn as a linear axis of log10(y), labelled 10^y.
+    let log = scale == YScale::Log;
+    let data: Vec<(String, Vec<(f64, f64)>)> = data
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.1))
-        .fold(0.0f64, f64::max)
-        * 1.15
-        + 1e-9;
+        .map(|(name, pts)| {
+            let pts = pts
+                .iter()
+                .filter(|p| !log || p.1 > 0.0)
+                .map(|&(x, y)| (x, if log { y.log10() } else { y }))
+                .collect();
+            (name.clone(), pts)
+        })
+        .collect();
+    let ys = || data.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let (y_min, y_max) = if log {
+        let lo = ys().fold(f64::INFINITY, f64::min);
+        let hi = ys().fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() {
+            (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+        } else {
+            (0.0, 1.0)
+        }
+    } else {
+        (0.0, ys().fold(0.0f64, f64::max) * 1.15 + 1e-9)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((0.5f64..x_max).log_scale(), 0f64..y_max)?;
+        .build_cartesian_2d((x_min..x_max).log_scale(), y_min..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("connections")
+        .x_desc("connections (log scale)")
         .y_desc(y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| short_number(*y))
+        .y_labels(if log {
+            (y_max - y_min) as usize + 1
+        } else {
+            10
+        })
+        .y_label_formatter(&|y| short_number(if log { 10f64.powf(*y) } else { *y }))
         .draw()?;
     for (i, (model, pts)) in data.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -103,45 +142,136 @@ fn line_chart(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The x range of a log axis over `xs`: a third of a decade either side of
+/// the data, so the first and last points sit inside the frame and nothing
+/// is drawn where there is no data.
+fn x_span(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = xs.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    if !lo.is_finite() || lo <= 0.0 {
+        return (0.5, 2.0);
+    }
+    (lo / 1.5, hi * 1.5)
+}
+
+/// A series of bars: its name, and its value in each group (if any).
+type BarSeries = (String, Vec<Option<f64>>);
+
+/// Bars in groups: one group per name along x, in each a bar per series
+/// (coloured, with a legend); a series without a value in a group leaves a
+/// gap.
+fn grouped_bar_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    groups: &[String],
+    series: &[BarSeries],
+) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(0.0f64, |m, &v| m.max(v))
+        * 1.15
+        + 1e-9;
+    let n = groups.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len().max(1))
+        .y_desc(y_label)
+        .y_label_formatter(&|y| short_number(*y))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                groups.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .draw()?;
+    // Each group 0.8 wide, split among the series.
+    let width = 0.8 / series.len().max(1) as f64;
+    for (k, (name, values)) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let left = |g: usize| g as f64 - 0.4 + k as f64 * width;
+        chart
+            .draw_series(values.iter().enumerate().filter_map(|(g, v)| {
+                let v = (*v)?;
+                Some(Rectangle::new(
+                    [(left(g), 0.0), (left(g) + width * 0.9, v)],
+                    color.filled(),
+                ))
+            }))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     root.present()?;
     Ok(())
 }
 
-fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let y_max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max) * 1.15 + 1e-9;
-    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(80)
-        .build_cartesian_2d((0..bars.len()).into_segmented(), 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc(y_label)
-        .y_label_formatter(&|y| short_number(*y))
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
+/// Server CPU per round trip of the paced runs: a group per server whose
+/// CPU is known (in the report's order: models, then peers, `--addr` and
+/// `--server` subjects), a bar per paced load.
+fn cpu_groups(r: &Report) -> (Vec<String>, Vec<BarSeries>) {
+    let paced: Vec<&super::RunRow> = r
+        .runs
+        .iter()
+        // A running server (`--addr`) without a process to read has no CPU.
+        .filter(|x| x.shape == "paced" && x.rt_per_s > 0.0 && x.cpu_s_per_mrt.is_some())
+        .collect();
+    let mut groups: Vec<String> = Vec::new();
+    let mut loads: Vec<(usize, f64)> = Vec::new();
+    for run in &paced {
+        let name = label(&run.model, run.threads);
+        if !groups.contains(&name) {
+            groups.push(name);
+        }
+        let load = (run.conns, run.rate.unwrap_or(0.0));
+        if !loads.contains(&load) {
+            loads.push(load);
+        }
+    }
+    loads.sort_by_key(|l| l.0);
+    let series = loads
+        .iter()
+        .map(|&(conns, rate)| {
+            let values = groups
+                .iter()
+                .map(|g| {
+                    paced
+                        .iter()
+                        .find(|x| label(&x.model, x.threads) == *g && x.conns == conns)
+                        .and_then(|x| x.cpu_s_per_mrt)
+                })
+                .collect();
+            (
+                format!("{} rt/s over {conns} connections", short_number(rate)),
+                values,
+            )
         })
-        .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        let color = COLORS[i % COLORS.len()];
-        Rectangle::new(
-            [
-                (SegmentValue::Exact(i), 0.0),
-                (SegmentValue::Exact(i + 1), *v),
-            ],
-            color.filled(),
-        )
-    }))?;
-    root.present()?;
-    Ok(())
+        .collect();
+    (groups, series)
 }
 
 /// Writes every chart into `dir`; returns the file names.
@@ -160,38 +290,48 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             "Round trips per second, closed loop",
             "round trips/s",
             &series(r, "closed", |x| Some(x.rt_per_s)),
+            YScale::Linear,
         )
     })?;
     emit("p99.svg", &|p| {
         line_chart(
             p,
             "p99 latency, closed loop",
-            "p99 latency (us)",
+            "p99 latency (us, log scale)",
             &series(r, "closed", |x| Some(x.p99_us)),
+            YScale::Log,
         )
     })?;
-    emit("cpu_per_rt.svg", &|p| {
-        line_chart(
-            p,
-            "Server CPU per round trip at equal paced load",
-            "server CPU s per million round trips",
-            &series(r, "paced", |x| x.cpu_s_per_mrt),
-        )
-    })?;
-    let mem: Vec<(String, f64)> = r
-        .memory
-        .iter()
-        .filter(|m| m.status.is_none())
-        .map(|m| (label(&m.model, m.threads), m.bytes_per_conn))
-        .collect();
-    if !mem.is_empty() {
-        let conns = r.memory.first().map_or(0, |m| m.conns);
+    let (groups, loads) = cpu_groups(r);
+    if !groups.is_empty() {
+        emit("cpu_per_rt.svg", &|p| {
+            grouped_bar_chart(
+                p,
+                "Server CPU per round trip at equal paced load",
+                "server CPU s per million round trips",
+                &groups,
+                &loads,
+            )
+        })?;
+    }
+    let measured: Vec<&super::MemRow> = r.memory.iter().filter(|m| m.status.is_none()).collect();
+    if !measured.is_empty() {
+        let conns = measured[0].conns;
+        let names: Vec<String> = measured
+            .iter()
+            .map(|m| label(&m.model, m.threads))
+            .collect();
+        let bytes = vec![(
+            "RSS added per connection (Pss of the tree for --server)".to_string(),
+            measured.iter().map(|m| Some(m.bytes_per_conn)).collect(),
+        )];
         emit("memory_per_conn.svg", &|p| {
-            bar_chart(
+            grouped_bar_chart(
                 p,
                 &format!("Server memory per idle connection ({conns} connections)"),
-                "bytes (RSS)",
-                &mem,
+                "bytes",
+                &names,
+                &bytes,
             )
         })?;
     }

@@ -75,15 +75,24 @@ fn pinning(s: &super::Setup) -> String {
 pub fn table(r: &Report) -> String {
     let s = &r.setup;
     let mut out = format!(
-        "iomux bench: {} CPUs{}, {}-byte messages, depth {}, {:.2} s windows, median of {} rounds, kernel {}\n\n",
+        "iomux bench: {} CPUs{}, protocol {}, {}-byte messages, depth {}, {:.2} s windows, median of {} rounds, kernel {}\n",
         s.cpus,
         pinning(s),
+        s.protocol,
         s.size,
         s.depth,
         s.duration_s,
         s.rounds,
         s.kernel
     );
+    for f in &s.servers {
+        let _ = writeln!(
+            out,
+            "{}: `{}` (CPU and memory of its process tree, from /proc)",
+            f.name, f.cmd
+        );
+    }
+    out.push('\n');
     let header = [
         "model",
         "thr",

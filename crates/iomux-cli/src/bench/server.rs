@@ -1,26 +1,36 @@
-//! A server under test, run as a child process of this same binary.
+//! A server under test, run as a child process.
 //!
-//! The child is `iomux serve --model M --addr 127.0.0.1:0 --control
+//! Ours is `iomux serve --model M --addr 127.0.0.1:0 --control
 //! [--pin-cpu N]` (or `iomux peer-tokio ...` for the peer). It prints its bound
 //! address on its first stdout line, then answers each `stats` line on its
 //! stdin with one line of counters (see [`crate::control`]). Closing its stdin
 //! stops it. Memory comes from `/proc/PID/status`, as the kernel sees it.
 //!
-//! A server the bench did not start (`--addr`) is read through
-//! [`PidProbe`]: the CPU of the processes named, from `/proc/PID/stat`.
+//! A foreign server (`bench --server NAME=CMD`) has no control channel: it
+//! runs as `sh -c CMD` in a process group of its own, and its CPU, memory
+//! and accepted connections are read from `/proc` over its whole process
+//! tree (see [`super::proctree`]); SIGTERM to the group stops it.
+//!
+//! A server the bench did not start (`--addr`) is no child: the bench reads
+//! the processes its `pid=` names through [`super::proctree`].
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::proctree;
+
 /// A running server child.
 pub struct ServerProc {
     child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Ours: its stdin and stdout (the control channel). Foreign: none.
+    control: Option<(Option<ChildStdin>, BufReader<ChildStdout>)>,
+    /// Foreign: the distinct sockets its tree held before any client.
+    base_sockets: usize,
     /// The address it bound.
     pub addr: SocketAddr,
 }
@@ -57,10 +67,67 @@ impl ServerProc {
             })?;
         Ok(ServerProc {
             child,
-            stdin,
-            stdout,
+            control: Some((stdin, stdout)),
+            base_sockets: 0,
             addr,
         })
+    }
+
+    /// Starts a foreign server: `sh -c CMD` with `{addr}` and `{port}`
+    /// replaced by a free loopback address, in a process group of its own,
+    /// on `cpus` (if any; this thread is on `load_cpus` again afterwards);
+    /// waits until it accepts a connection.
+    pub fn start_foreign(
+        name: &str,
+        cmd: &str,
+        cpus: &[usize],
+        load_cpus: &[usize],
+    ) -> Result<ServerProc> {
+        // A port the OS calls free now; the server binds it a moment later.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let line = cmd
+            .replace("{addr}", &addr.to_string())
+            .replace("{port}", &addr.port().to_string());
+        // The child inherits the affinity of the thread that starts it:
+        // pin this thread to the server's CPUs while starting it, then back.
+        if !cpus.is_empty() {
+            iomux::sys::pin_to_cpus(cpus).context("pinning the foreign server")?;
+        }
+        let spawned = Command::new("sh")
+            .args(["-c", &line])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn();
+        if !cpus.is_empty() {
+            iomux::sys::pin_to_cpus(load_cpus).context("pinning the load generator")?;
+        }
+        let child = spawned.with_context(|| format!("starting server {name}: sh -c {line:?}"))?;
+        let mut server = ServerProc {
+            child,
+            control: None,
+            base_sockets: 0,
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("server {name} ({line}) exited with {status} before accepting connections");
+            }
+            if let Ok(probe) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                drop(probe);
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("server {name} ({line}) did not accept connections on {addr} within 10 s; does CMD listen on {{addr}} or {{port}}?");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let it close the probe connection before counting its sockets.
+        std::thread::sleep(Duration::from_millis(50));
+        server.base_sockets = proctree::sockets(server.pid());
+        Ok(server)
     }
 
     /// The child's process id.
@@ -68,28 +135,42 @@ impl ServerProc {
         self.child.id()
     }
 
-    /// Asks the server for its counters.
+    /// Asks the server for its counters; a foreign one gets its process
+    /// tree's CPU time (`cpu_us`) and, as `accepted`, the sockets its tree
+    /// holds beyond those it started with; every other field stays 0 (the
+    /// bench reports them as absent for it).
     pub fn stats(&mut self) -> Result<Stats> {
-        let stdin = self
-            .stdin
+        let Some((stdin, stdout)) = self.control.as_mut() else {
+            let pid = self.pid();
+            let mut stats = Stats {
+                cpu_us: proctree::usage(pid)?.cpu_us,
+                ..Stats::default()
+            };
+            stats.counters.accepted =
+                proctree::sockets(pid).saturating_sub(self.base_sockets) as u64;
+            return Ok(stats);
+        };
+        let stdin = stdin
             .as_mut()
             .ok_or_else(|| anyhow!("server already stopped"))?;
         stdin.write_all(b"stats\n")?;
         stdin.flush()?;
         let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
+        if stdout.read_line(&mut line)? == 0 {
             bail!("server exited before answering `stats`");
         }
         crate::control::parse_stats(&line)
     }
 
-    /// Resident and peak resident memory in bytes (VmRSS, VmHWM).
+    /// Resident and peak resident memory in bytes: ours, its VmRSS and
+    /// VmHWM; a foreign one, summed over its process tree (see
+    /// [`proctree::usage`]).
     pub fn memory(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        Ok((
-            status_field(&status, "VmRSS:")?,
-            status_field(&status, "VmHWM:")?,
-        ))
+        if self.control.is_none() {
+            let tree = proctree::usage(self.pid())?;
+            return Ok((tree.rss, tree.peak_rss));
+        }
+        proctree::memory(self.pid())
     }
 
     /// Waits until the server has accepted `n` connections in all, or
@@ -105,10 +186,26 @@ impl ServerProc {
         }
     }
 
-    /// Stops the server (closes its stdin) and reaps it; kills it if it has
-    /// not exited within 5 s.
+    /// Stops the server (closes its stdin; a foreign one: SIGTERM to its
+    /// process group) and reaps it; kills it if it has not exited within
+    /// 5 s.
     pub fn stop(mut self) -> Result<()> {
-        self.stdin.take();
+        if let Some((stdin, _)) = self.control.as_mut() {
+            stdin.take();
+        } else {
+            // The server first, as a user stops it (a forking server then
+            // ends its children itself), ...
+            proctree::signal(self.pid(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !proctree::exited(self.pid()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // ... then what is left of its group. Not yet reaped, the
+            // server's pid (the group's id) cannot have been reused.
+            proctree::signal_group(self.pid(), libc::SIGKILL);
+            self.child.wait()?;
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -132,123 +229,11 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         // Only a server that was not stopped cleanly is still running here.
         if let Ok(None) = self.child.try_wait() {
+            if self.control.is_none() {
+                proctree::signal_group(self.pid(), libc::SIGKILL);
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
-}
-
-/// The CPU time of processes the bench did not start, at the edges of the
-/// measured window: `utime + stime` from `/proc/PID/stat`, summed over the
-/// processes (in clock ticks, 10 ms on most kernels: measure windows of
-/// seconds).
-pub struct PidProbe {
-    pids: Vec<u32>,
-    start: Option<Duration>,
-    end: Option<Duration>,
-    failure: Option<String>,
-}
-
-impl PidProbe {
-    /// A probe of `pids`; with none, it measures nothing.
-    pub fn new(pids: Vec<u32>) -> PidProbe {
-        PidProbe {
-            pids,
-            start: None,
-            end: None,
-            failure: None,
-        }
-    }
-
-    fn sample(&mut self) -> Option<Duration> {
-        if self.pids.is_empty() {
-            return None;
-        }
-        let total = self
-            .pids
-            .iter()
-            .map(|&p| process_cpu(p))
-            .sum::<Result<Duration>>();
-        total
-            .map_err(|e| self.failure = Some(format!("{e:#}")))
-            .ok()
-    }
-
-    /// CPU seconds over the window (`None` without processes, or if a
-    /// reading failed), and what went wrong.
-    pub fn cpu_seconds(&self) -> (Option<f64>, Option<String>) {
-        let cpu = match (self.start, self.end) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
-            _ => None,
-        };
-        (cpu, self.failure.clone())
-    }
-
-    /// Peak resident memory (VmHWM) of the processes, summed, in bytes.
-    pub fn peak_rss(&self) -> Option<u64> {
-        if self.pids.is_empty() {
-            return None;
-        }
-        self.pids
-            .iter()
-            .map(|&p| peak_rss(p))
-            .sum::<Result<u64>>()
-            .ok()
-    }
-}
-
-impl crate::bench::load::Probe for PidProbe {
-    fn window_start(&mut self) {
-        self.start = self.sample();
-    }
-    fn window_end(&mut self) {
-        self.end = self.sample();
-    }
-}
-
-/// `utime + stime` of process `pid` (all its threads), from `/proc/PID/stat`.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name, field 2, is in parentheses and may hold spaces:
-    // the fields after it start at field 3 (state); utime and stime are
-    // fields 14 and 15.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("{path}: no command name"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("{path}: field {} is not a number", i + 3))
-    };
-    let ticks = tick(11)? + tick(12)?;
-    // SAFETY: sysconf takes no pointers.
-    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if per_s <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
-    }
-    Ok(Duration::from_secs_f64(ticks as f64 / per_s as f64))
-}
-
-/// VmHWM of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status_field(&status, "VmHWM:")
-}
-
-/// A `/proc/PID/status` field in KiB, as bytes.
-fn status_field(status: &str, name: &str) -> Result<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(name))
-        .ok_or_else(|| anyhow!("no {name} in /proc/PID/status"))?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("bad {name} line {line:?}"))?;
-    Ok(kib * 1024)
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -212,6 +212,26 @@ impl Drop for Server {
     }
 }
 
+/// Whether `program` is installed (`program ARG` succeeds). Without it, a
+/// test that needs it is skipped with a line saying how to install it,
+/// except under CI, whose `.ci/run` installs it: there it fails.
+pub fn installed(program: &str, version_arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed, and CI is set: install it (`apt-get install -y {program}`; .ci/run does)"
+        );
+        eprintln!("skipped: {program} is not installed (apt-get install -y {program})");
+    }
+    found
+}
+
 /// Whether `--uring-batch-wait` can run here (io_uring with
 /// `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12); if not, prints why the caller
 /// is skipped.
@@ -227,4 +247,56 @@ pub fn uring_batch_wait_available() -> bool {
             false
         }
     }
+}
+
+/// Runs `iomux ARGS --json FILE`, which must succeed; the JSON it wrote
+/// and its output.
+pub fn run_json(args: &[&str]) -> (serde_json::Value, Output) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!("iomux-json-{}-{n}.json", std::process::id()));
+    let out = Command::new(IOMUX)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    (report, out)
+}
+
+/// Runs `iomux bench ARGS --json FILE`: see [`run_json`].
+pub fn bench_json(args: &[&str]) -> (serde_json::Value, Output) {
+    let all: Vec<&str> = std::iter::once("bench")
+        .chain(args.iter().copied())
+        .collect();
+    run_json(&all)
+}
+
+/// The report's one-loop row of `model` under `shape`, which must have
+/// been measured: round trips and no errors.
+pub fn measured_row<'a>(
+    runs: &'a [serde_json::Value],
+    model: &str,
+    shape: &str,
+) -> &'a serde_json::Value {
+    let row = runs
+        .iter()
+        .find(|r| r["model"] == model && r["threads"] == 1 && r["shape"] == shape)
+        .unwrap_or_else(|| panic!("no {shape} row for {model}"));
+    assert!(
+        row["status"].is_null(),
+        "{model} {shape}: {}",
+        row["status"]
+    );
+    assert!(row["rt_per_s"].as_f64().unwrap() > 0.0, "{model} {shape}");
+    assert_eq!(row["errors"], 0, "{model} {shape}");
+    row
 }

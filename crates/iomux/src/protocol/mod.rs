@@ -58,8 +58,10 @@ pub enum Action {
 pub trait Handler: Send + 'static {
     /// Whether the handler pushes output outside its replies: it is then
     /// given its connection's [`Push`](crate::push::Push) handle through
-    /// [`attach`](Handler::attach), and a model that cannot push refuses
-    /// it at start, with one line naming the models that can.
+    /// [`attach`](Handler::attach). Every model serves such a handler: the
+    /// event loops are woken to send pushed output, the thread models wait
+    /// for their socket and an eventfd together instead of in `recv`
+    /// alone, busy-poll looks at every pass.
     const PUSH: bool = false;
 
     /// The connection's push handle, once, before

@@ -29,12 +29,13 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Acceptor, Config, Counters, Stop};
 use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::push::{Push, Pusher};
 
 pub(super) fn serve<F: Factory>(
     listener: TcpListener,
@@ -48,7 +49,13 @@ pub(super) fn serve<F: Factory>(
     let mut acceptor = Acceptor::new(config)?;
     // One connection at a time: `max_conns` has nothing to bound.
     while let Some(stream) = accept(&listener, stop, counters, &mut acceptor, || 0)? {
-        serve_conn(stream, factory.new_handler(), counters, &mut buf);
+        serve_conn(
+            stream,
+            factory.new_handler(),
+            config.max_output,
+            counters,
+            &mut buf,
+        );
         Counters::add(&counters.closed, 1);
     }
     Ok(())
@@ -85,11 +92,33 @@ pub(super) fn accept(
 pub(super) fn serve_conn<H: Handler>(
     stream: TcpStream,
     mut handler: H,
+    max_output: usize,
     counters: &Counters,
     buf: &mut [u8],
 ) {
     let mut out = Vec::new();
-    let reason = match converse(&stream, &mut handler, &mut out, buf, counters) {
+    // A handler that pushes: the connection's thread waits for its socket
+    // and for an eventfd the pushers write, not in `recv` alone.
+    let push = match H::PUSH.then(|| PushFd::new(max_output)).transpose() {
+        Ok(Some((p, push))) => {
+            handler.attach(push);
+            Some(p)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            drop(stream);
+            return handler.on_close(CloseReason::of_error(&e));
+        }
+    };
+    let res = converse(
+        &stream,
+        &mut handler,
+        &mut out,
+        buf,
+        counters,
+        push.as_ref(),
+    );
+    let reason = match res {
         Ok(reason) => reason,
         Err(e) => {
             if super::is_peer_gone(&e) {
@@ -110,6 +139,7 @@ fn converse(
     out: &mut Vec<u8>,
     buf: &mut [u8],
     counters: &Counters,
+    push: Option<&PushFd>,
 ) -> io::Result<CloseReason> {
     // Accepted sockets come non-blocking (accept4's SOCK_NONBLOCK): this
     // model blocks in `recv` on purpose.
@@ -121,6 +151,16 @@ fn converse(
         return Ok(CloseReason::HandlerClosed);
     }
     loop {
+        if let Some(p) = push {
+            // Pushed output is sent as it comes, until the peer sends.
+            while let Some(close) = p.wait(fd, out)? {
+                send_all(fd, out, counters)?;
+                p.pusher.set_pending(0);
+                if close {
+                    return Ok(CloseReason::HandlerClosed);
+                }
+            }
+        }
         Counters::add(&counters.recv_calls, 1);
         let n = match crate::sys::recv(fd, buf) {
             Ok(n) => n,
@@ -137,6 +177,45 @@ fn converse(
         send_all(fd, out, counters)?;
         if action == Action::Close {
             return Ok(CloseReason::HandlerClosed);
+        }
+    }
+}
+
+/// A connection's pushers, and the eventfd they write to wake its thread.
+struct PushFd {
+    pusher: Pusher,
+    efd: Arc<OwnedFd>,
+}
+
+impl PushFd {
+    fn new(max_output: usize) -> io::Result<(PushFd, Push)> {
+        let efd = Arc::new(crate::sys::eventfd()?);
+        let e = efd.clone();
+        let (pusher, push) = Pusher::new(max_output, move || {
+            let _ = crate::sys::write(&*e, &1u64.to_ne_bytes());
+        });
+        Ok((PushFd { pusher, efd }, push))
+    }
+
+    /// Waits for the socket `fd` to be readable or for a push. `None` once
+    /// the socket is readable; else the pushed bytes are appended to
+    /// `out`, and `Some(close)` says whether the pushers asked to close
+    /// (an abort drops them).
+    fn wait(&self, fd: RawFd, out: &mut Vec<u8>) -> io::Result<Option<bool>> {
+        let [readable, pushed] = crate::sys::wait_readable([fd, self.efd.as_raw_fd()])?;
+        if !pushed {
+            debug_assert!(readable);
+            return Ok(None);
+        }
+        let mut count = [0u8; 8];
+        let _ = crate::sys::read(&*self.efd, &mut count);
+        let p = self.pusher.take();
+        match p.close {
+            Some(true) => Ok(Some(true)),
+            close => {
+                out.extend_from_slice(&p.bytes);
+                Ok(Some(close.is_some()))
+            }
         }
     }
 }

@@ -38,7 +38,12 @@ use std::time::Instant;
 
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
 use crate::conn::Conn;
-use crate::protocol::{CloseReason, Factory, Handler};
+use crate::protocol::{Action, CloseReason, Factory, Handler};
+use crate::push::Pusher;
+
+/// A connection, and its pushers' side for a handler that pushes (checked
+/// on every pass: the loop never sleeps, so nothing needs to wake it).
+type Entry<H> = (Conn<H>, Option<Pusher>);
 
 pub(super) fn serve<F: Factory>(
     listener: TcpListener,
@@ -48,7 +53,7 @@ pub(super) fn serve<F: Factory>(
     factory: F,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let mut conns: Vec<Conn<F::Handler>> = Vec::new();
+    let mut conns: Vec<Entry<F::Handler>> = Vec::new();
     let mut scratch = vec![0; config.read_chunk];
     let mut scratch_out = Vec::with_capacity(config.read_chunk);
     let mut acceptor = Acceptor::new(config)?;
@@ -57,14 +62,21 @@ pub(super) fn serve<F: Factory>(
     loop {
         if stop.is_stopped() {
             let n = conns.len() as u64;
-            for conn in conns.drain(..) {
+            for (conn, _) in conns.drain(..) {
                 conn.close(counters, CloseReason::ServerStop);
             }
             Counters::add(&counters.closed, n);
             return Ok(());
         }
         if paused_until.is_none_or(|t| Instant::now() >= t) {
-            let paused = accept_all(&listener, &mut conns, &mut acceptor, &factory, counters);
+            let paused = accept_all(
+                &listener,
+                &mut conns,
+                &mut acceptor,
+                &factory,
+                config,
+                counters,
+            );
             paused_until = paused.then(|| Instant::now() + ACCEPT_BACKOFF);
         }
         let before = conns.len();
@@ -79,7 +91,7 @@ pub(super) fn serve<F: Factory>(
             ) {
                 None => i += 1,
                 // Finished: close it; the order of the others does not matter.
-                Some(reason) => conns.swap_remove(i).close(counters, reason),
+                Some(reason) => conns.swap_remove(i).0.close(counters, reason),
             }
         }
         Counters::add(&counters.closed, (before - conns.len()) as u64);
@@ -93,18 +105,25 @@ pub(super) fn serve<F: Factory>(
 /// wait for readiness, would fail on every turn.
 fn accept_all<F: Factory>(
     listener: &TcpListener,
-    conns: &mut Vec<Conn<F::Handler>>,
+    conns: &mut Vec<Entry<F::Handler>>,
     acceptor: &mut Acceptor,
     factory: &F,
+    config: &Config,
     counters: &Counters,
 ) -> bool {
     loop {
         match acceptor.accept(listener.as_raw_fd(), conns.len(), counters) {
             Accepted::Conn(stream) => {
-                let mut conn = Conn::new(stream, factory.new_handler());
+                let mut handler = factory.new_handler();
+                let pusher = F::Handler::PUSH.then(|| {
+                    let (pusher, push) = Pusher::new(config.max_output, || {});
+                    handler.attach(push);
+                    pusher
+                });
+                let mut conn = Conn::new(stream, handler);
                 let mut greeting = Vec::new();
                 match conn.open(&mut greeting, counters) {
-                    Ok(()) => conns.push(conn),
+                    Ok(()) => conns.push((conn, pusher)),
                     Err(e) => {
                         Counters::add(&counters.closed, 1);
                         conn.close(counters, CloseReason::of_error(&e));
@@ -122,20 +141,35 @@ fn accept_all<F: Factory>(
 /// over or paused by backpressure (a reply is sent at once), then a
 /// try-`send` of output still pending. `Some(reason)` once it is finished.
 fn step<H: Handler>(
-    conn: &mut Conn<H>,
+    (conn, pusher): &mut Entry<H>,
     scratch: &mut [u8],
     scratch_out: &mut Vec<u8>,
     config: &Config,
     counters: &Counters,
 ) -> Option<CloseReason> {
     let mut res = Ok(());
-    if conn.wants_read(config.max_output) {
+    if let Some(p) = pusher.as_ref().filter(|p| p.has_pushed()) {
+        let pushed = p.take();
+        if pushed.close == Some(true) {
+            return Some(CloseReason::HandlerClosed);
+        }
+        let action = if pushed.close.is_some() {
+            Action::Close
+        } else {
+            Action::Continue
+        };
+        res = conn.respond(&pushed.bytes, action, counters);
+    }
+    if res.is_ok() && conn.wants_read(config.max_output) {
         res = conn
             .on_readable(scratch, scratch_out, counters, config.max_output)
             .map(drop);
     }
     if res.is_ok() && conn.wants_write() {
         res = conn.on_writable(counters);
+    }
+    if let Some(p) = pusher {
+        p.set_pending(conn.pending());
     }
     match res {
         Ok(()) => conn.is_done().then(|| conn.done_reason()),

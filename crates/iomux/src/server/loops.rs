@@ -119,7 +119,6 @@ pub fn serve_loops<F: Factory>(
     factory: F,
 ) -> io::Result<()> {
     config.validate_for(model)?;
-    super::check_handler(model, &factory)?;
     let n = listeners.len();
     if n != config.threads || n != counters.loops().len() {
         return Err(io::Error::new(

@@ -94,7 +94,6 @@ pub fn serve<F: Factory>(
             "serve runs one loop; for threads above 1, bind with bind_loops and call serve_loops",
         ));
     }
-    check_handler(model, &factory)?;
     if config.catch_signals && model.backend().is_none() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -119,32 +118,6 @@ pub fn serve<F: Factory>(
             Err(crate::uring::Unavailable::NotBuilt.into())
         }
     }
-}
-
-/// Whether `model` can serve the handlers `factory` makes: one that pushes
-/// ([`Handler::PUSH`](crate::protocol::Handler::PUSH)) needs a model whose
-/// loop can be woken to send it.
-///
-/// # Errors
-/// `InvalidInput`, naming the models that push.
-pub fn check_handler<F: Factory>(model: Model, factory: &F) -> io::Result<()> {
-    let _ = factory;
-    use crate::protocol::Handler;
-    if <F::Handler as Handler>::PUSH && !model.capabilities().push {
-        let with: Vec<&str> = Model::ALL
-            .into_iter()
-            .filter(|m| m.capabilities().push)
-            .map(Model::name)
-            .collect();
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "this handler pushes output, and model {model} cannot push (nothing wakes a thread blocked in recv); use --model {}",
-                with.join(" or ")
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A server running on its own thread (and one thread per loop, with
@@ -172,7 +145,6 @@ impl Server {
         factory: F,
     ) -> io::Result<Server> {
         config.validate_for(model)?;
-        check_handler(model, &factory)?;
         let listeners = bind_loops(addr, config.threads)?;
         let addr = listeners[0].local_addr()?;
         let stop = Stop::new()?;

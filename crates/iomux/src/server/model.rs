@@ -123,12 +123,12 @@ impl Model {
     pub fn capability_table() -> String {
         let yes = |b: bool| if b { "yes" } else { "-" };
         let mut t = String::from(
-            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` | `--latency-budget` | push |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` | `--latency-budget` |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for m in Model::ALL {
             let c = m.capabilities();
             t += &format!(
-                "| `{m}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{m}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 yes(c.concurrent),
                 yes(c.threads),
                 yes(c.idle_timeout),
@@ -136,8 +136,7 @@ impl Model {
                 yes(c.offload),
                 yes(c.shed),
                 yes(c.uring_batch_wait),
-                yes(c.latency_budget),
-                yes(c.push)
+                yes(c.latency_budget)
             );
         }
         t
@@ -213,10 +212,6 @@ pub struct Capabilities {
     /// for many connections' events at once, so there is a wait to delay
     /// and a batch to gather.
     pub latency_budget: bool,
-    /// Serves handlers that push output outside their replies
-    /// ([`Handler::PUSH`](crate::protocol::Handler::PUSH),
-    /// [`crate::push`]): its loop can be woken to send it.
-    pub push: bool,
 }
 
 // One argument per column of the table below.
@@ -230,7 +225,6 @@ const fn caps(
     shed: bool,
     uring_batch_wait: bool,
     latency_budget: bool,
-    push: bool,
 ) -> Capabilities {
     Capabilities {
         concurrent,
@@ -241,23 +235,22 @@ const fn caps(
         shed,
         uring_batch_wait,
         latency_budget,
-        push,
     }
 }
 
 /// The table, in the order of [`Model::ALL`] (the enum's order).
 #[rustfmt::skip]
 const CAPABILITIES: [Capabilities; 9] = [
-    //   concurrent threads idle   drain  offload shed   batch  budget push
-    caps(false,     false,  false, false, false,  false, false, false, false), // blocking
-    caps(true,      false,  false, false, false,  false, false, false, false), // threaded
-    caps(true,      false,  false, false, false,  false, false, false, false), // pool
-    caps(true,      false,  false, false, false,  false, false, false, false), // busy-poll
-    caps(true,      false,  true,  true,  true,   true,  false, true,  true),  // select
-    caps(true,      false,  true,  true,  true,   true,  false, true,  true),  // poll
-    caps(true,      true,   true,  true,  true,   true,  false, true,  true),  // epoll
-    caps(true,      true,   false, true,  true,   false, false, true,  true),  // coroutine
-    caps(true,      true,   false, true,  false,  true,  true,  true,  true),  // uring
+    //   concurrent threads idle   drain  offload shed   batch  budget
+    caps(false,     false,  false, false, false,  false, false, false), // blocking
+    caps(true,      false,  false, false, false,  false, false, false), // threaded
+    caps(true,      false,  false, false, false,  false, false, false), // pool
+    caps(true,      false,  false, false, false,  false, false, false), // busy-poll
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // select
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // poll
+    caps(true,      true,   true,  true,  true,   true,  false, true),  // epoll
+    caps(true,      true,   false, true,  true,   false, false, true),  // coroutine
+    caps(true,      true,   false, true,  false,  true,  true,  true),  // uring
 ];
 
 /// A setting of [`Config`](super::Config) that only some models support.

@@ -83,7 +83,7 @@ fn work<H: Handler>(queue: &Queue<H>, config: &Config, counters: &Counters) {
         let Ok((stream, handler)) = next else {
             return;
         };
-        serve_conn(stream, handler, counters, &mut buf);
+        serve_conn(stream, handler, config.max_output, counters, &mut buf);
         Counters::add(&counters.closed, 1);
     }
 }

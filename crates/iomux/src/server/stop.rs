@@ -63,26 +63,7 @@ impl Stop {
     /// # Errors
     /// The OS error of `poll`, `EINTR` excluded.
     pub fn wait_readable(&self, fd: RawFd) -> io::Result<bool> {
-        let mut fds = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        loop {
-            // SAFETY: `fds` is a valid array of two pollfds.
-            let res = unsafe { crate::sys::syscall!(poll(fds.as_mut_ptr(), 2, -1)) };
-            match res {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-                Ok(_) => return Ok(self.is_stopped()),
-            }
-        }
+        crate::sys::wait_readable([fd, self.fd()])?;
+        Ok(self.is_stopped())
     }
 }

@@ -66,14 +66,14 @@ fn spawn<H: Handler>(
     live: &Arc<AtomicUsize>,
 ) -> io::Result<()> {
     let slot = Slot::take(live);
-    let read_chunk = config.read_chunk;
+    let (read_chunk, max_output) = (config.read_chunk, config.max_output);
     let counters = Arc::clone(counters);
     std::thread::Builder::new()
         .name("iomux-conn".into())
         .stack_size(STACK_SIZE)
         .spawn(move || {
             let mut buf = vec![0; read_chunk];
-            serve_conn(stream, handler, &counters, &mut buf);
+            serve_conn(stream, handler, max_output, &counters, &mut buf);
             // Free the slot before the close shows: once `active()` reads
             // 0, `max_conns` new connections are served.
             drop(slot);

@@ -426,3 +426,24 @@ pub fn unsent_and_unread(fd: RawFd) -> Option<(usize, usize)> {
         None
     }
 }
+
+/// Blocks until one of two fds is readable (or hung up), `EINTR`
+/// retried; says which.
+///
+/// # Errors
+/// The OS error of `poll`.
+pub fn wait_readable(fds: [RawFd; 2]) -> io::Result<[bool; 2]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `pfds` is a valid array of two pollfds.
+        match unsafe { syscall!(poll(pfds.as_mut_ptr(), 2, -1)) } {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(pfds.map(|p| p.revents != 0)),
+        }
+    }
+}
