@@ -409,6 +409,8 @@ fn flags_for_other_models_or_protocols_are_refused() {
     );
     let out = iomux(&["bench", "--uring-batch-wait", "1s"]);
     assert_one_line_error(&out, "1us to 10ms");
+    let out = iomux(&["bench", "--latency-budget", "0,1s"]);
+    assert_one_line_error(&out, "1us to 100ms");
     let out = iomux(&[
         "serve",
         "--idle-timeout",
@@ -627,4 +629,87 @@ fn the_library_logs_through_the_cli_logger_as_v_q_and_rust_log_say() {
     // -v and -q together are refused.
     let both = iomux(&["-v", "-q", "doctor"]);
     assert!(!both.status.success());
+}
+
+/// A latency budget works on the models that wait for events and is refused,
+/// in one line naming those, on the others; on uring it and the fixed batch
+/// wait exclude each other.
+#[test]
+fn latency_budget_is_refused_where_no_loop_waits() {
+    for model in ["blocking", "threaded", "pool", "busy-poll"] {
+        let out = iomux(&[
+            "serve",
+            "--model",
+            model,
+            "--latency-budget",
+            "1ms",
+            "--addr",
+            "127.0.0.1:0",
+        ]);
+        assert_one_line_error(
+            &out,
+            "use --model select or poll or epoll or coroutine or uring",
+        );
+    }
+    let out = iomux(&[
+        "serve",
+        "--model",
+        "uring",
+        "--latency-budget",
+        "1ms",
+        "--uring-batch-wait",
+        "100us",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert_one_line_error(&out, "use one");
+    let out = iomux(&["serve", "--latency-budget", "1s", "--addr", "127.0.0.1:0"]);
+    assert_one_line_error(&out, "at most 100 ms");
+}
+
+/// The bench runs each model that takes a budget once per budget asked
+/// for, and gives each row with one its ratios against the same model
+/// without; the other models run once, without.
+#[test]
+fn bench_runs_each_event_model_with_each_latency_budget() {
+    let (report, _) = bench_json(&[
+        "--models",
+        "epoll,coroutine,threaded",
+        "--latency-budget",
+        "0,1ms",
+        "--conns",
+        "4",
+        "--paced-conns",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--rounds",
+        "1",
+        "--idle-conns",
+        "0",
+        "--mem-conns",
+        "0",
+    ]);
+    let runs = report["runs"].as_array().unwrap();
+    for model in ["epoll", "coroutine", "threaded"] {
+        for shape in ["closed", "paced"] {
+            let row = measured_row(runs, model, shape);
+            assert!(row["vs_no_budget"].is_null(), "{row}");
+            let budgeted = format!("{model}+budget1ms");
+            let with = runs.iter().find(|r| r["model"] == budgeted.as_str());
+            if model == "threaded" {
+                assert!(with.is_none(), "threaded ran with a budget");
+                continue;
+            }
+            let row = measured_row(runs, &budgeted, shape);
+            let vs = &row["vs_no_budget"];
+            for k in ["cpu", "p99", "rt"] {
+                assert!(vs[k].as_f64().unwrap() > 0.0, "{budgeted} {shape}: {row}");
+            }
+        }
+    }
 }

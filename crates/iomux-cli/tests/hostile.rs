@@ -597,3 +597,60 @@ fn uring_batch_wait_sleeps_while_idle() {
     drop(idle);
     server.stop();
 }
+
+/// With a latency budget, after a burst that makes the loop hold off its
+/// waits, an idle server sleeps: it does not keep waking at the end of each
+/// delay, nor poll without blocking.
+fn latency_budget_sleeps_while_idle(model: &str) {
+    if !available(model) || (model == "uring" && !common::uring_batch_wait_available()) {
+        return;
+    }
+    let mut server = Server::start(model, &["--latency-budget", "1ms"]);
+    let addr = server.addr;
+    let mut conns: Vec<TcpStream> = (0..50).map(|_| client(addr)).collect();
+    // Bursts: a message on every connection, then every reply, so that
+    // turns see many events and the delay grows.
+    for round in 0..100 {
+        for c in &mut conns {
+            c.write_all(format!("burst {round}\n").as_bytes()).unwrap();
+        }
+        for c in &mut conns {
+            let mut reply = vec![0; format!("burst {round}\n").len()];
+            c.read_exact(&mut reply).unwrap();
+            assert_eq!(reply, format!("BURST {round}\n").as_bytes());
+        }
+    }
+    let (waits_before, cpu_before) = (server.stat("wait_calls"), server.stat("cpu_us"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (waits, cpu) = (
+        server.stat("wait_calls") - waits_before,
+        server.stat("cpu_us") - cpu_before,
+    );
+    eprintln!("{model} --latency-budget 1ms: {waits} waits and {cpu} us of CPU in 1 s idle");
+    // A loop that wakes at the end of each delay makes ~2,000 waits here,
+    // one that polls without blocking hundreds of thousands; one that
+    // sleeps makes a few (uring: one per second), plus the stats.
+    assert!(waits < 100, "{model}: {waits} waits in 1 s idle");
+    assert!(cpu < 100_000, "{model}: {cpu} us of CPU in 1 s idle");
+    // Still served at once after the idle second.
+    round_trip(&mut conns[0], b"after\n").unwrap();
+    drop(conns);
+    server.stop();
+}
+
+macro_rules! budget_idle {
+    ($($name:ident => $model:literal),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            latency_budget_sleeps_while_idle($model);
+        }
+    )*};
+}
+
+budget_idle! {
+    latency_budget_sleeps_while_idle_select => "select",
+    latency_budget_sleeps_while_idle_poll => "poll",
+    latency_budget_sleeps_while_idle_epoll => "epoll",
+    latency_budget_sleeps_while_idle_coroutine => "coroutine",
+    latency_budget_sleeps_while_idle_uring => "uring",
+}

@@ -4,6 +4,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`budget`] | the latency budget: how long a loop may hold off its next wait to batch wake-ups, adapting to the load |
 //! | [`selector`] | readiness multiplexing: select, poll and epoll behind one [`Selector`](selector::Selector) |
 //! | [`protocol`] | the sans-IO [`Handler`](protocol::Handler) every model serves (`upper`, `echo`) |
 //! | [`reactor`] | the event loop: I/O callbacks, timers, signals, posts from other threads, offload; coroutines on top |
@@ -56,6 +57,7 @@
 
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod conn;
 pub mod counters;
 pub mod protocol;

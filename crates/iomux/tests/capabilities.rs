@@ -27,6 +27,10 @@ fn with(setting: Setting) -> Config {
             uring_batch_wait: Some(Duration::from_micros(100)),
             ..base
         },
+        Setting::LatencyBudget => Config {
+            latency_budget: Some(Duration::from_millis(1)),
+            ..base
+        },
     }
 }
 

@@ -1,7 +1,9 @@
 //! The conformance suite every I/O model must pass, written once and
 //! instantiated per [`Model`] at the bottom of the file, again with 2
 //! and 4 loops ([`Config::threads`]) for the models that run several, and
-//! for uring once more with a batch wait ([`Config::uring_batch_wait`]).
+//! for uring once more with a batch wait ([`Config::uring_batch_wait`]),
+//! and for every model that waits for events with a latency budget
+//! ([`Config::latency_budget`]).
 //!
 //! Each instance runs twice: once with the built-in `upper` protocol, once
 //! with [`LocalUpper`], a handler defined here, in the test, the way a user
@@ -34,6 +36,8 @@ struct Case {
     threads: usize,
     /// [`Config::uring_batch_wait`] in microseconds; 0: none.
     batch_wait_us: u64,
+    /// [`Config::latency_budget`] in microseconds; 0: none.
+    budget_us: u64,
     /// Serve [`LocalUpper`] (defined in this file) instead of the
     /// built-in [`Protocol::Upper`].
     local: bool,
@@ -55,6 +59,7 @@ fn config_for(case: Case, config: Config) -> Config {
         threads: case.threads,
         uring_batch_wait: (case.batch_wait_us > 0)
             .then(|| Duration::from_micros(case.batch_wait_us)),
+        latency_budget: (case.budget_us > 0).then(|| Duration::from_micros(case.budget_us)),
         ..config
     }
 }
@@ -476,8 +481,8 @@ fn available(case: Case) -> bool {
                 eprintln!("skipped: {why}");
                 return false;
             }
-            Ok(p) if case.batch_wait_us > 0 && !p.features.min_timeout => {
-                eprintln!("skipped: the batch wait needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12)");
+            Ok(p) if case.batch_wait_us + case.budget_us > 0 && !p.features.min_timeout => {
+                eprintln!("skipped: a batch wait or latency budget on uring needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12)");
                 return false;
             }
             Ok(_) => {}
@@ -491,13 +496,14 @@ macro_rules! conformance {
     (@or_default $d:literal $n:literal) => { $n };
     (@local) => { false };
     (@local local) => { true };
-    ($($name:ident => $model:expr $(, $threads:literal loops)? $(, wait $us:literal us)? $(, by $local:ident)?);* $(;)?) => {$(
+    ($($name:ident => $model:expr $(, $threads:literal loops)? $(, wait $us:literal us)? $(, budget $b:literal us)? $(, by $local:ident)?);* $(;)?) => {$(
         mod $name {
             use super::*;
             const CASE: Case = Case {
                 model: $model,
                 threads: conformance!(@or_default 1 $($threads)?),
                 batch_wait_us: conformance!(@or_default 0 $($us)?),
+                budget_us: conformance!(@or_default 0 $($b)?),
                 local: conformance!(@local $($local)?),
             };
             #[test] fn hooks_greet_and_report_every_close() { if available(CASE) { super::hooks_greet_and_report_every_close(CASE) } }
@@ -530,6 +536,12 @@ conformance! {
     uring_2_loops => Model::Uring, 2 loops;
     uring_4_loops => Model::Uring, 4 loops;
     uring_batch_wait => Model::Uring, wait 200 us;
+    select_budget => Model::Select, budget 1000 us;
+    poll_budget => Model::Poll, budget 1000 us;
+    epoll_budget => Model::Epoll, budget 1000 us;
+    coroutine_budget => Model::Coroutine, budget 1000 us;
+    uring_budget => Model::Uring, budget 1000 us;
+    epoll_2_loops_budget => Model::Epoll, 2 loops, budget 1000 us;
     blocking_local => Model::Blocking, by local;
     threaded_local => Model::Threaded, by local;
     pool_local => Model::Pool, by local;

@@ -437,3 +437,59 @@ fn async_outside_a_runtime_says_what_to_do() {
     let err = Async::new(a).unwrap_err();
     assert!(err.to_string().contains("Runtime::block_on"), "{err}");
 }
+
+/// With a latency budget, a turn sleeps before its wait only after turns
+/// that had several events to batch, never longer than the budget allows,
+/// and stops sleeping once turns have one event each again.
+#[test]
+fn latency_budget_delays_only_while_there_is_a_batch() {
+    let budget = Duration::from_millis(2);
+    let mut r: Reactor<u32> = Reactor::new(Options {
+        backend: Backend::Epoll,
+        latency_budget: Some(budget),
+        ..Options::default()
+    })
+    .unwrap();
+    // Level-triggered and never read: each readable socket is an event in
+    // every turn, and no turn blocks.
+    let pairs: Vec<_> = (0..4).map(|_| tcp_pair()).collect();
+    let mut ids = Vec::new();
+    for (peer, s) in &pairs {
+        (&*peer).write_all(b"x").unwrap();
+        let id = r
+            .add_io(s.as_raw_fd(), Interest::READABLE, Mode::Level, |_, n, _| {
+                *n += 1
+            })
+            .unwrap();
+        ids.push(id);
+    }
+    let mut n = 0;
+    let turns = |r: &mut Reactor<u32>, n: &mut u32, k: usize| {
+        for _ in 0..k {
+            r.run_once(n, Some(GENEROUS)).unwrap();
+        }
+    };
+    // One watcher: one event per turn, nothing to batch.
+    for &id in &ids[1..] {
+        r.pause_io(id).unwrap();
+    }
+    turns(&mut r, &mut n, 20);
+    assert_eq!(r.stats().delayed_turns, 0, "{:?}", r.stats());
+    // Four events per turn: the loop sleeps before its waits, each time
+    // within half the budget.
+    for &id in &ids[1..] {
+        r.resume_io(id).unwrap();
+    }
+    turns(&mut r, &mut n, 20);
+    let s = r.stats();
+    assert!(s.delayed_turns > 0, "{s:?}");
+    assert!(s.delayed <= budget / 2 * s.delayed_turns as u32, "{s:?}");
+    // Back to one event per turn: the delay halves down to nothing.
+    for &id in &ids[1..] {
+        r.pause_io(id).unwrap();
+    }
+    turns(&mut r, &mut n, 10);
+    let before = r.stats().delayed_turns;
+    turns(&mut r, &mut n, 20);
+    assert_eq!(r.stats().delayed_turns, before, "{:?}", r.stats());
+}

@@ -136,6 +136,13 @@ pub struct BenchArgs {
     /// Every uring row also gets its CPU per round trip against epoll's.
     #[arg(long, default_value = "0")]
     pub uring_batch_wait: String,
+    /// Latency budgets (`serve --latency-budget`), comma-separated: `0,1ms`
+    /// runs select, poll, epoll, coroutine and uring without a budget and
+    /// with 1 ms (as `epoll+budget1ms`). Every row with a budget gets its
+    /// CPU per round trip, p99 and round trips/s against the same model
+    /// without one.
+    #[arg(long, default_value = "0")]
+    pub latency_budget: String,
 }
 
 /// A server already running, as `--addr` names it.
@@ -273,6 +280,8 @@ pub struct Target {
     threads: usize,
     /// uring's batch wait in microseconds (0: none).
     batch_wait_us: u32,
+    /// The latency budget in microseconds (0: none).
+    budget_us: u32,
 }
 
 impl Target {
@@ -281,14 +290,17 @@ impl Target {
             subject,
             threads,
             batch_wait_us: 0,
+            budget_us: 0,
         }
     }
 
-    /// Its name in reports: the model, with its batch wait if any
-    /// (`uring+100us`).
+    /// Its name in reports: the model, with its batch wait or latency
+    /// budget if any (`uring+100us`, `epoll+budget1ms`).
     fn name(self) -> String {
         if self.batch_wait_us > 0 {
             format!("{}+{}us", self.subject.name(), self.batch_wait_us)
+        } else if self.budget_us > 0 {
+            format!("{}+budget{}", self.subject.name(), micros(self.budget_us))
         } else {
             self.subject.name()
         }
@@ -298,6 +310,35 @@ impl Target {
     fn label(self) -> String {
         label(&self.name(), self.threads)
     }
+}
+
+/// `1ms` or `250us`.
+fn micros(us: u32) -> String {
+    if us % 1000 == 0 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// A comma-separated list of durations for `--{flag}`, in microseconds,
+/// each 0 (none) or 1 µs to `max`, without repeats.
+fn parse_micros(flag: &str, s: &str, max: Duration, example: &str) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for w in s.split(',').map(str::trim) {
+        let d = crate::serve::parse_duration(w).map_err(|e| anyhow!("--{flag}: {e}"))?;
+        let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        if d > max || (us == 0 && !d.is_zero()) {
+            bail!(
+                "--{flag} takes durations of 0 (none) or 1us to {}, e.g. {example}",
+                micros(max.as_micros() as u32)
+            );
+        }
+        if !out.contains(&us) {
+            out.push(us);
+        }
+    }
+    Ok(out)
 }
 
 /// A server's name in progress lines and charts: the model, and its loops
@@ -382,18 +423,18 @@ impl BenchArgs {
         if server_threads.is_empty() || server_threads.contains(&0) {
             bail!("--server-threads takes loop counts of at least 1, e.g. 1 or 1,2");
         }
-        let mut batch_waits = Vec::new();
-        for w in self.uring_batch_wait.split(',').map(str::trim) {
-            let d =
-                crate::serve::parse_duration(w).map_err(|e| anyhow!("--uring-batch-wait: {e}"))?;
-            let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-            if d > iomux::server::Config::MAX_URING_BATCH_WAIT || (us == 0 && !d.is_zero()) {
-                bail!("--uring-batch-wait takes waits of 0 (none) or 1us to 10ms, e.g. 0,100us");
-            }
-            if !batch_waits.contains(&us) {
-                batch_waits.push(us);
-            }
-        }
+        let batch_waits = parse_micros(
+            "uring-batch-wait",
+            &self.uring_batch_wait,
+            iomux::server::Config::MAX_URING_BATCH_WAIT,
+            "0,100us",
+        )?;
+        let budgets = parse_micros(
+            "latency-budget",
+            &self.latency_budget,
+            iomux::server::Config::MAX_LATENCY_BUDGET,
+            "0,1ms",
+        )?;
         let running = self
             .addr
             .iter()
@@ -457,14 +498,21 @@ impl BenchArgs {
             } else {
                 &[0]
             };
+            let budgeted = matches!(subject, Subject::Model(m) if m.supports_latency_budget());
+            let budgets: &[u32] = if budgeted { &budgets } else { &[0] };
             for &threads in &server_threads {
                 for &batch_wait_us in waits {
-                    let t = Target {
-                        batch_wait_us,
-                        ..Target::new(subject, threads)
-                    };
-                    if (threads == 1 || multi) && !targets.contains(&t) {
-                        targets.push(t);
+                    for &budget_us in budgets {
+                        let t = Target {
+                            batch_wait_us,
+                            budget_us,
+                            ..Target::new(subject, threads)
+                        };
+                        // Both set uring's wait: the server refuses that.
+                        let both = batch_wait_us > 0 && budget_us > 0;
+                        if (threads == 1 || multi) && !both && !targets.contains(&t) {
+                            targets.push(t);
+                        }
                     }
                 }
             }
@@ -591,9 +639,23 @@ pub struct RunRow {
     pub rt_vs_one_loop: Option<f64>,
     /// The same for server CPU per round trip.
     pub cpu_vs_one_loop: Option<f64>,
-    /// uring rows: CPU per round trip against epoll's with as many loops,
-    /// the median of per-round ratios.
+    /// uring rows: CPU per round trip against epoll's with as many loops
+    /// (and the same latency budget), the median of per-round ratios.
     pub cpu_vs_epoll: Option<f64>,
+    /// Rows with a latency budget: against the same model without one.
+    pub vs_no_budget: Option<VsNoBudget>,
+}
+
+/// A row with a latency budget against the same model without one at the
+/// same load: each figure the median of per-round ratios.
+#[derive(Copy, Clone, Debug, Serialize)]
+pub struct VsNoBudget {
+    /// Server CPU per round trip.
+    pub cpu: f64,
+    /// p99 latency.
+    pub p99: f64,
+    /// Round trips per second.
+    pub rt: f64,
 }
 
 /// CPU burned with idle connections.
@@ -747,6 +809,9 @@ fn server_args(target: Target, plan: &Plan) -> Vec<String> {
             format!("{}us", target.batch_wait_us),
         ]);
     }
+    if target.budget_us > 0 {
+        args.extend(["--latency-budget".into(), format!("{}us", target.budget_us)]);
+    }
     args.extend(["--addr".into(), "127.0.0.1:0".into(), "--control".into()]);
     if plan.pin {
         let cpus: Vec<String> = plan
@@ -827,6 +892,7 @@ fn empty_row(
         rt_vs_one_loop: None,
         cpu_vs_one_loop: None,
         cpu_vs_epoll: None,
+        vs_no_budget: None,
     }
 }
 
@@ -1021,6 +1087,7 @@ fn load_row(
         rt_vs_one_loop: None,
         cpu_vs_one_loop: None,
         cpu_vs_epoll: None,
+        vs_no_budget: None,
     }
 }
 
@@ -1375,10 +1442,17 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     // uring against epoll with as many loops (what issue-style targets are
     // stated as).
     let epoll_beside = |t: Target| {
-        (t.subject == Subject::Model(Model::Uring))
-            .then_some(Target::new(Subject::Model(Model::Epoll), t.threads))
+        (t.subject == Subject::Model(Model::Uring)).then_some(Target {
+            budget_us: t.budget_us,
+            ..Target::new(Subject::Model(Model::Epoll), t.threads)
+        })
     };
     let cpu_vs_epoll = median_ratios(&rounds, epoll_beside, cpu);
+    // Each budget against none, the same model and loops.
+    let unbudgeted = |t: Target| (t.budget_us > 0).then_some(Target { budget_us: 0, ..t });
+    let budget_cpu = median_ratios(&rounds, unbudgeted, cpu);
+    let budget_p99 = median_ratios(&rounds, unbudgeted, |r| r.p99_us);
+    let budget_rt = median_ratios(&rounds, unbudgeted, |r| r.rt_per_s);
     report.runs = rounds
         .into_iter()
         .enumerate()
@@ -1387,6 +1461,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             rt_vs_one_loop: rt_vs_one[i],
             cpu_vs_one_loop: cpu_vs_one[i],
             cpu_vs_epoll: cpu_vs_epoll[i],
+            vs_no_budget: match (budget_cpu[i], budget_p99[i], budget_rt[i]) {
+                (Some(cpu), Some(p99), Some(rt)) => Some(VsNoBudget { cpu, p99, rt }),
+                _ => None,
+            },
             ..pick_median(rows)
         })
         .collect();

@@ -137,6 +137,12 @@ pub fn table(r: &Report) -> String {
             if let Some(r) = x.cpu_vs_epoll {
                 notes.push(format!("cpu/rt vs epoll {r:.2}x"));
             }
+            if let Some(v) = x.vs_no_budget {
+                notes.push(format!(
+                    "vs no budget: cpu/rt {:.2}x, p99 {:.2}x, rt/s {:.2}x",
+                    v.cpu, v.p99, v.rt
+                ));
+            }
             if let (Some(rt), Some(cpu)) = (x.rt_vs_one_loop, x.cpu_vs_one_loop) {
                 notes.push(format!("vs 1 loop: rt/s {rt:.2}x, cpu/rt {cpu:.2}x"));
             }

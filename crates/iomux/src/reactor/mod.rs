@@ -31,7 +31,9 @@
 //! [`Reactor::run_once`] is the loop's phases, in order:
 //!
 //! 1. decide how long to block: not at all if a turn was requested or a
-//!    stop is pending, else until the earliest timer (or forever);
+//!    stop is pending, else until the earliest timer (or forever); with a
+//!    latency budget, sleep first for the delay its policy chose (at most
+//!    that timeout);
 //! 2. wait in the selector, then read the clock once ([`Reactor::now`]);
 //! 3. run the callback of every I/O event, in the order the kernel gave
 //!    them (signals arrive here, as their pipe's watcher);
@@ -39,7 +41,10 @@
 //! 5. if the waker fired: run posted closures, then offload completions;
 //! 6. run check callbacks ([`Reactor::add_check`]): what must happen after
 //!    the events of a turn, such as running the tasks they woke;
-//! 7. release the slots of watchers removed during the turn.
+//! 7. release the slots of watchers removed during the turn;
+//! 8. with a latency budget ([`Options::latency_budget`]), tell its policy
+//!    what the turn saw; it answers how long phase 1 of the next turn
+//!    sleeps before waiting, so that events gather into one wake-up.
 //!
 //! # Examples
 //!
@@ -86,6 +91,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::budget::LatencyBudget;
 use crate::selector::{Backend, Event, Events, Interest, Mode, Selector, Token, Waker};
 
 mod offload;
@@ -121,6 +127,10 @@ pub struct Options {
     pub offload_threads: usize,
     /// Jobs that may wait for an offload thread; past it `offload` fails.
     pub offload_queue: usize,
+    /// Latency the loop may add to batch wake-ups: before a wait, it sleeps
+    /// as long as [`LatencyBudget`] says
+    /// (nothing under light load). `None` (the default): never.
+    pub latency_budget: Option<Duration>,
 }
 
 impl Default for Options {
@@ -131,6 +141,7 @@ impl Default for Options {
             stall_threshold: Some(Duration::from_millis(100)),
             offload_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             offload_queue: 1024,
+            latency_budget: None,
         }
     }
 }
@@ -172,6 +183,11 @@ pub struct Stats {
     pub offload_rejected: u64,
     /// Callbacks that held the loop longer than the stall threshold.
     pub stalls: u64,
+    /// Turns that slept before their wait, under a latency budget
+    /// ([`Options::latency_budget`]).
+    pub delayed_turns: u64,
+    /// The time those turns slept, in all (as asked of the OS).
+    pub delayed: Duration,
     /// I/O watchers registered now.
     pub watchers: usize,
     /// Timers armed now.
@@ -331,6 +347,8 @@ pub struct Reactor<C> {
     stall_hook: Option<StallHook>,
     /// Non-watcher stall sources already logged (timer, post, offload, check).
     stall_logged_kinds: u8,
+    /// [`Options::latency_budget`]'s policy.
+    budget: Option<LatencyBudget>,
 }
 
 impl<C> fmt::Debug for Reactor<C> {
@@ -353,6 +371,7 @@ impl<C> Reactor<C> {
         Ok(Reactor {
             selector,
             events: Some(Events::with_capacity(options.events_per_wait)),
+            budget: options.latency_budget.map(LatencyBudget::new),
             watchers: Vec::new(),
             free: Vec::new(),
             free_later: Vec::new(),
@@ -459,8 +478,18 @@ impl<C> Reactor<C> {
     /// # Errors
     /// The selector's wait error.
     pub fn run_once(&mut self, ctx: &mut C, max_wait: Option<Duration>) -> io::Result<()> {
-        // 1. How long to block.
-        let timeout = self.wait_time(max_wait);
+        // 1. How long to block; with a latency budget, first let events
+        // gather for a while (never past the timeout).
+        let mut timeout = self.wait_time(max_wait);
+        if let Some(delay) = self.budget.as_ref().map(LatencyBudget::delay) {
+            let delay = timeout.map_or(delay, |t| t.min(delay));
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+                self.stats.delayed_turns += 1;
+                self.stats.delayed += delay;
+                timeout = timeout.map(|t| t - delay);
+            }
+        }
         // 2. Wait.
         let mut events = self.events.take().expect("events are put back every turn");
         let res = self.selector.select(&mut events, timeout);
@@ -470,6 +499,7 @@ impl<C> Reactor<C> {
             self.events = Some(events);
             return Err(e);
         }
+        let woke_at = self.now;
         let mut mark = self.now;
         // 3. I/O callbacks.
         let mut woke = false;
@@ -524,6 +554,10 @@ impl<C> Reactor<C> {
         }
         // 7. Slots of removed watchers are free from now on.
         self.free.append(&mut self.free_later);
+        if let Some(budget) = &mut self.budget {
+            let n = self.events.as_ref().map_or(0, Events::len);
+            budget.record(n, woke_at, Instant::now());
+        }
         Ok(())
     }
 

@@ -51,6 +51,14 @@ pub struct Config {
     /// interrupt coalescing. Needs `IORING_FEAT_MIN_TIMEOUT` (Linux 6.12).
     /// `None` (the default): the loop wakes at the first completion.
     pub uring_batch_wait: Option<Duration>,
+    /// The models that [wait for events](Model::supports_latency_budget):
+    /// latency the loop may add to batch its wake-ups, adapting to the
+    /// load ([`crate::budget`]): nothing while load is light, up to half of
+    /// it under sustained load (a sleep before the selector's wait; for
+    /// uring, the kernel's minimum wait, Linux 6.12). At most
+    /// [`MAX_LATENCY_BUDGET`](Config::MAX_LATENCY_BUDGET). `None` (the
+    /// default): never.
+    pub latency_budget: Option<Duration>,
 }
 
 impl Default for Config {
@@ -67,6 +75,7 @@ impl Default for Config {
             on_fd_exhaustion: FdExhaustion::Pause,
             threads: 1,
             uring_batch_wait: None,
+            latency_budget: None,
         }
     }
 }
@@ -75,6 +84,9 @@ impl Config {
     /// The longest [`uring_batch_wait`](Config::uring_batch_wait): past
     /// this, added latency buys no more batching worth having.
     pub const MAX_URING_BATCH_WAIT: Duration = Duration::from_millis(10);
+
+    /// The longest [`latency_budget`](Config::latency_budget).
+    pub const MAX_LATENCY_BUDGET: Duration = Duration::from_millis(100);
 
     /// Checks the values a driver relies on.
     ///
@@ -110,6 +122,14 @@ impl Config {
                 return bad("uring_batch_wait must be longer than zero and at most 10 ms (or off)");
             }
         }
+        if let Some(budget) = self.latency_budget {
+            if budget.is_zero() || budget > Config::MAX_LATENCY_BUDGET {
+                return bad("latency_budget must be longer than zero and at most 100 ms (or off)");
+            }
+            if self.uring_batch_wait.is_some() {
+                return bad("latency_budget and uring_batch_wait both set how long uring's waits last; use one (latency_budget adapts to the load, uring_batch_wait is fixed)");
+            }
+        }
         Ok(())
     }
 
@@ -123,6 +143,7 @@ impl Config {
                 Setting::Offload => self.offload_threads > 0,
                 Setting::Shed => self.on_fd_exhaustion == FdExhaustion::Shed,
                 Setting::UringBatchWait => self.uring_batch_wait.is_some(),
+                Setting::LatencyBudget => self.latency_budget.is_some(),
             })
             .collect()
     }

@@ -162,6 +162,7 @@ pub(super) fn serve<F: Factory>(
 ) -> io::Result<()> {
     let mut rt = Runtime::new(Options {
         backend: Backend::recommended(),
+        latency_budget: config.latency_budget,
         offload_threads: config.offload_threads.max(1),
         offload_queue: 64 * config.offload_threads.max(1),
         ..Options::default()

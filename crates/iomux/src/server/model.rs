@@ -123,22 +123,31 @@ impl Model {
     pub fn capability_table() -> String {
         let yes = |b: bool| if b { "yes" } else { "-" };
         let mut t = String::from(
-            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` |\n|---|---|---|---|---|---|---|---|\n",
+            "| model | concurrent | `--threads` | `--idle-timeout` | drain on stop | `--offload` | `--on-fd-exhaustion shed` | `--uring-batch-wait` | `--latency-budget` |\n|---|---|---|---|---|---|---|---|---|\n",
         );
         for m in Model::ALL {
             let c = m.capabilities();
             t += &format!(
-                "| `{m}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{m}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 yes(c.concurrent),
                 yes(c.threads),
                 yes(c.idle_timeout),
                 yes(c.drain),
                 yes(c.offload),
                 yes(c.shed),
-                yes(c.uring_batch_wait)
+                yes(c.uring_batch_wait),
+                yes(c.latency_budget)
             );
         }
         t
+    }
+
+    /// Whether the model waits for many connections' events at once, so a
+    /// [latency budget](super::Config::latency_budget) can batch them:
+    /// select, poll, epoll, coroutine and uring. The thread models wait
+    /// per connection, and busy-poll never waits.
+    pub fn supports_latency_budget(self) -> bool {
+        self.capabilities().latency_budget
     }
 
     /// Whether this platform can run the model (for [`Model::Uring`], a
@@ -199,8 +208,14 @@ pub struct Capabilities {
     pub shed: bool,
     /// [`Config::uring_batch_wait`](super::Config::uring_batch_wait).
     pub uring_batch_wait: bool,
+    /// [`Config::latency_budget`](super::Config::latency_budget): it waits
+    /// for many connections' events at once, so there is a wait to delay
+    /// and a batch to gather.
+    pub latency_budget: bool,
 }
 
+// One argument per column of the table below.
+#[allow(clippy::too_many_arguments)]
 const fn caps(
     concurrent: bool,
     threads: bool,
@@ -209,6 +224,7 @@ const fn caps(
     offload: bool,
     shed: bool,
     uring_batch_wait: bool,
+    latency_budget: bool,
 ) -> Capabilities {
     Capabilities {
         concurrent,
@@ -218,22 +234,23 @@ const fn caps(
         offload,
         shed,
         uring_batch_wait,
+        latency_budget,
     }
 }
 
 /// The table, in the order of [`Model::ALL`] (the enum's order).
 #[rustfmt::skip]
 const CAPABILITIES: [Capabilities; 9] = [
-    //   concurrent threads idle   drain  offload shed   batch
-    caps(false,     false,  false, false, false,  false, false), // blocking
-    caps(true,      false,  false, false, false,  false, false), // threaded
-    caps(true,      false,  false, false, false,  false, false), // pool
-    caps(true,      false,  false, false, false,  false, false), // busy-poll
-    caps(true,      false,  true,  true,  true,   true,  false), // select
-    caps(true,      false,  true,  true,  true,   true,  false), // poll
-    caps(true,      true,   true,  true,  true,   true,  false), // epoll
-    caps(true,      true,   false, true,  true,   false, false), // coroutine
-    caps(true,      true,   false, true,  false,  true,  true),  // uring
+    //   concurrent threads idle   drain  offload shed   batch  budget
+    caps(false,     false,  false, false, false,  false, false, false), // blocking
+    caps(true,      false,  false, false, false,  false, false, false), // threaded
+    caps(true,      false,  false, false, false,  false, false, false), // pool
+    caps(true,      false,  false, false, false,  false, false, false), // busy-poll
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // select
+    caps(true,      false,  true,  true,  true,   true,  false, true),  // poll
+    caps(true,      true,   true,  true,  true,   true,  false, true),  // epoll
+    caps(true,      true,   false, true,  true,   false, false, true),  // coroutine
+    caps(true,      true,   false, true,  false,  true,  true,  true),  // uring
 ];
 
 /// A setting of [`Config`](super::Config) that only some models support.
@@ -249,16 +266,19 @@ pub enum Setting {
     Shed,
     /// [`Config::uring_batch_wait`](super::Config::uring_batch_wait).
     UringBatchWait,
+    /// [`Config::latency_budget`](super::Config::latency_budget).
+    LatencyBudget,
 }
 
 impl Setting {
     /// Every setting that some model does not support.
-    pub const ALL: [Setting; 5] = [
+    pub const ALL: [Setting; 6] = [
         Setting::Threads,
         Setting::IdleTimeout,
         Setting::Offload,
         Setting::Shed,
         Setting::UringBatchWait,
+        Setting::LatencyBudget,
     ];
 
     /// The config field and the CLI flag, as error lines name them.
@@ -269,6 +289,7 @@ impl Setting {
             Setting::Offload => "offload_threads (--offload)",
             Setting::Shed => "on_fd_exhaustion shed (--on-fd-exhaustion shed)",
             Setting::UringBatchWait => "uring_batch_wait (--uring-batch-wait)",
+            Setting::LatencyBudget => "latency_budget (--latency-budget)",
         }
     }
 
@@ -281,6 +302,7 @@ impl Setting {
             Setting::Offload => c.offload,
             Setting::Shed => c.shed,
             Setting::UringBatchWait => c.uring_batch_wait,
+            Setting::LatencyBudget => c.latency_budget,
         }
     }
 

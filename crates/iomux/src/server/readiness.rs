@@ -187,6 +187,7 @@ pub(super) fn serve<F: Factory>(
         events_per_wait: EVENTS_PER_WAIT,
         offload_threads: config.offload_threads.max(1),
         offload_queue: 64 * config.offload_threads.max(1),
+        latency_budget: config.latency_budget,
         ..Options::default()
     };
     let mut reactor: Reactor<Server<F>> = Reactor::new(options)?;

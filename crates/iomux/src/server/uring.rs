@@ -46,6 +46,9 @@
 //! With [`Config::uring_batch_wait`] each wait lasts that long unless
 //! 1,024 completions come first (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12):
 //! fewer, bigger batches per wake-up, for that much more latency.
+//! With [`Config::latency_budget`] the minimum wait is instead the delay
+//! the budget's policy ([`crate::budget`]) picks after each turn: none
+//! under light load, more as load grows.
 //!
 //! Counters: `recv_calls` and `send_calls` count recv and send
 //! *submissions* (a multishot recv counts once however many messages it
@@ -67,6 +70,7 @@ use super::readiness::Slab;
 use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
+use crate::budget::LatencyBudget;
 use crate::conn::{close_now, nothing_to_lose, Core, Phase};
 use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
@@ -218,6 +222,8 @@ struct Loop<'a, F: Factory> {
     batch_wait: Option<u32>,
     /// [`BATCH_IDLE`] for the kernel.
     batch_idle: Timespec,
+    /// [`Config::latency_budget`]'s policy: its delay is the minimum wait.
+    budget: Option<LatencyBudget>,
 }
 
 pub(super) fn serve<F: Factory>(
@@ -245,6 +251,12 @@ pub(super) fn serve_with<F: Factory>(
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "--uring-batch-wait needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12), which this kernel lacks; leave it off",
+        ));
+    }
+    if config.latency_budget.is_some() && !features.min_timeout {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "--latency-budget on uring needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12), which this kernel lacks; use it with epoll",
         ));
     }
     let batch_wait = config
@@ -285,6 +297,7 @@ pub(super) fn serve_with<F: Factory>(
         turn: 0,
         batch_wait,
         batch_idle: Timespec::new().sec(BATCH_IDLE.as_secs()),
+        budget: config.latency_budget.map(LatencyBudget::new),
     };
     lp.run()
 }
@@ -307,8 +320,12 @@ impl<F: Factory> Loop<'_, F> {
                 b.publish();
             }
             self.enter(1)?;
+            let woke = self.budget.is_some().then(Instant::now);
             self.turn += 1;
-            self.reap()?;
+            let n = self.reap()?;
+            if let (Some(budget), Some(woke)) = (&mut self.budget, woke) {
+                budget.record(n, woke, Instant::now());
+            }
             if let Some(deadline) = self.draining {
                 // Drained: every connection ended; or out of time.
                 self.stopping = self.conns.len() == 0 || Instant::now() >= deadline;
@@ -348,10 +365,12 @@ impl<F: Factory> Loop<'_, F> {
     /// waits for [`BATCH_WANT`] with the kernel's minimum timeout: it
     /// returns when that many are in, or once the batch time is up and at
     /// least one is (whichever comes first), so one wake-up handles a
-    /// bigger batch.
+    /// bigger batch. With [`Config::latency_budget`] the batch time is the
+    /// delay its policy chose (none under light load).
     fn enter(&mut self, want: usize) -> io::Result<()> {
         Counters::add(&self.counters.wait_calls, 1);
-        if let (1, Some(usec)) = (want, self.batch_wait) {
+        let budget = self.budget.as_ref().map(|b| b.delay().as_micros() as u32);
+        if let (1, Some(usec @ 1..)) = (want, self.batch_wait.or(budget)) {
             // Wait up to the batch time for BATCH_WANT completions, then
             // for the first one if none came. The kernel needs an overall
             // timeout for that second part, or it ends the wait when the
@@ -366,15 +385,24 @@ impl<F: Factory> Loop<'_, F> {
         settled(self.ring.submit_and_wait(want))
     }
 
-    fn reap(&mut self) -> io::Result<()> {
+    /// Handles every completion in; returns how many brought work from
+    /// peers (recvs and accepts). The latency budget counts those alone: a
+    /// send's completion is the loop's own doing, and counting it would
+    /// let a delay breed the batches that keep it up (a lone closed-loop
+    /// client's next message lands while the loop waits after the reply).
+    fn reap(&mut self) -> io::Result<usize> {
         let mut batch = mem::take(&mut self.completions);
         batch.extend(self.ring.completion());
+        let mut n = 0;
         for cqe in &batch {
-            self.complete(cqe.user_data(), cqe.result(), cqe.flags())?;
+            let ud = cqe.user_data();
+            let (op, _, _) = decode(ud);
+            n += usize::from(op == Op::Recv as u64 || op == Op::Accept as u64);
+            self.complete(ud, cqe.result(), cqe.flags())?;
         }
         batch.clear();
         self.completions = batch;
-        Ok(())
+        Ok(n)
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32) -> io::Result<()> {
