@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use iomux::protocol::{Action, CloseReason, Handler};
 use iomux::push::{Push, PushError};
-use iomux::server::{serve, Config, Counters, Model, Stop};
+use iomux::server::{serve, Config, Counters, Stop};
 
 /// The longest line a client may send, newline excluded.
 const MAX_LINE: usize = 4096;

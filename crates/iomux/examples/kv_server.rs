@@ -36,7 +36,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use iomux::protocol::{Action, Handler};
-use iomux::server::{serve, Config, Counters, Model, Stop};
+use iomux::server::{serve, Config, Counters, Stop};
 
 /// The longest line a client may send, newline excluded.
 const MAX_LINE: usize = 64 * 1024;

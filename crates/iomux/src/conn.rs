@@ -118,8 +118,11 @@ pub struct Core<H> {
     /// Output handed to an asynchronous send not yet completed
     /// ([`Core::take_output`]): it counts against the bound.
     in_flight: usize,
-    /// Input read while the output was full, not yet processed.
-    parked: Vec<u8>,
+    /// Input read while the output was full, not yet processed (boxed:
+    /// only a completion driver parks, and an idle connection pays one
+    /// pointer for it, not a `Vec`'s three words).
+    #[allow(clippy::box_collection)]
+    parked: Option<Box<Vec<u8>>>,
     /// The peer's EOF arrived and waits behind the parked input.
     eof_parked: bool,
     phase: Phase,
@@ -134,7 +137,7 @@ impl<H: Handler> Core<H> {
             handler: Some(handler),
             out: Outbox::new(),
             in_flight: 0,
-            parked: Vec::new(),
+            parked: None,
             eof_parked: false,
             phase: Phase::Open,
             closed: false,
@@ -158,12 +161,12 @@ impl<H: Handler> Core<H> {
 
     /// Bytes of memory held in user space for output and parked input.
     pub fn buffer_capacity(&self) -> usize {
-        self.out.capacity() + self.parked.capacity()
+        self.out.capacity() + self.parked.as_ref().map_or(0, |p| p.capacity())
     }
 
     /// Input bytes parked, waiting for room in the output.
     pub fn parked(&self) -> usize {
-        self.parked.len()
+        self.parked.as_ref().map_or(0, |p| p.len())
     }
 
     /// Whether the handler may run now: open, present, output below
@@ -177,7 +180,7 @@ impl<H: Handler> Core<H> {
     /// below `max_output` (backpressure: a peer that does not read is not
     /// read from either).
     pub fn wants_read(&self, max_output: usize) -> bool {
-        !self.eof_parked && self.parked.is_empty() && self.has_room(max_output)
+        !self.eof_parked && self.parked.is_none() && self.has_room(max_output)
     }
 
     /// The reason the connection ends, once it may close now: closing, and
@@ -194,7 +197,7 @@ impl<H: Handler> Core<H> {
     pub fn close_after_flush(&mut self, reason: CloseReason) {
         if self.phase == Phase::Open {
             self.phase = Phase::Closing(reason);
-            self.parked = Vec::new();
+            self.parked = None;
             self.eof_parked = false;
         }
     }
@@ -257,8 +260,10 @@ impl<H: Handler> Core<H> {
         if data.is_empty() || self.phase != Phase::Open {
             return Ok(());
         }
-        if !self.parked.is_empty() || self.eof_parked || !self.has_room(max_output) {
-            self.parked.extend_from_slice(data);
+        if self.parked.is_some() || self.eof_parked || !self.has_room(max_output) {
+            self.parked
+                .get_or_insert_with(Box::default)
+                .extend_from_slice(data);
             return Ok(());
         }
         scratch.clear();
@@ -284,7 +289,7 @@ impl<H: Handler> Core<H> {
         if self.phase != Phase::Open {
             return Ok(());
         }
-        if !self.parked.is_empty() || self.handler.is_none() {
+        if self.parked.is_some() || self.handler.is_none() {
             self.eof_parked = true;
             return Ok(());
         }
@@ -312,25 +317,26 @@ impl<H: Handler> Core<H> {
         counters: &Counters,
         mut send: impl FnMut(&[u8]) -> io::Result<usize>,
     ) -> io::Result<bool> {
-        while !self.parked.is_empty() && self.has_room(max_output) {
-            let parked = std::mem::take(&mut self.parked);
+        while self.parked.is_some() && self.has_room(max_output) {
+            let Some(mut parked) = self.parked.take() else {
+                break;
+            };
             let n = parked.len().min(chunk.max(1));
             scratch.clear();
             let action = match self.handler.as_mut() {
                 Some(h) => h.on_data(&parked[..n], scratch),
                 None => unreachable!("has_room checks the handler is at home"),
             };
-            self.parked = parked;
-            self.parked.drain(..n);
-            if self.parked.is_empty() {
-                self.parked = Vec::new();
+            parked.drain(..n);
+            if !parked.is_empty() {
+                self.parked = Some(parked);
             }
             self.respond(scratch, action, counters, &mut send)?;
         }
-        if self.eof_parked && self.parked.is_empty() {
+        if self.eof_parked && self.parked.is_none() {
             self.eof(scratch, counters, &mut send)?;
         }
-        Ok(!self.parked.is_empty() || self.eof_parked)
+        Ok(self.parked.is_some() || self.eof_parked)
     }
 
     /// Queues `reply` (offered to `send` first if nothing is queued before
@@ -441,7 +447,7 @@ impl<H: Handler> Core<H> {
             .fetch_sub(self.pending() as u64, Ordering::Relaxed);
         self.out = Outbox::new();
         self.in_flight = 0;
-        self.parked = Vec::new();
+        self.parked = None;
         if !self.closed {
             if let Some(h) = self.handler.as_mut() {
                 self.closed = true;

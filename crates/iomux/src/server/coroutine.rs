@@ -421,7 +421,9 @@ async fn serve_connection<H: Handler>(
             }
             conn.get_mut().core_mut().drain();
         } else if readable && offload {
-            read_offloaded(conn, max_output, scratch, counters).await?;
+            // Boxed: only a connection that offloads carries the job's
+            // future, not every task.
+            Box::pin(read_offloaded(conn, max_output, scratch, counters)).await?;
         } else if readable {
             read_available(conn, max_output, scratch, counters).await?;
         }
@@ -429,7 +431,7 @@ async fn serve_connection<H: Handler>(
     if conn.get_ref().close_now(reason) {
         return Ok(reason);
     }
-    linger(conn, config.drain_timeout, scratch).await;
+    Box::pin(linger(conn, config.drain_timeout, scratch)).await;
     Ok(reason)
 }
 

@@ -106,7 +106,7 @@ struct Slot<H> {
     /// A lingering close, for this reason, until this deadline: our FIN
     /// is sent; input is read and dropped until the peer's EOF, or until
     /// nothing can be lost by closing (checked every [`LINGER_CHECK`]).
-    lingering: Option<(CloseReason, Instant)>,
+    lingering: Option<Box<(CloseReason, Instant)>>,
     /// The pushers' side, for a handler that pushes.
     push: Option<Pusher>,
 }
@@ -437,7 +437,7 @@ impl<F: Factory> Server<F> {
         if event.is_read_closed() || event.is_error() {
             slot.peer_closed = true;
         }
-        if let Some((reason, _)) = slot.lingering {
+        if let Some(&(reason, _)) = slot.lingering.as_deref() {
             match Self::discard(slot, &mut self.scratch, edge) {
                 Ok(Some(true)) => self.again.push(key),
                 Ok(Some(false)) => {}
@@ -579,7 +579,7 @@ impl<F: Factory> Server<F> {
         if slot.conn.shutdown_write().is_err() {
             return self.close(r, key, reason);
         }
-        slot.lingering = Some((reason, deadline));
+        slot.lingering = Some(Box::new((reason, deadline)));
         slot.maybe_readable = true;
         let io = slot.io;
         let res = r
@@ -608,7 +608,7 @@ impl<F: Factory> Server<F> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some((reason, deadline)) = slot.lingering else {
+            let Some(&(reason, deadline)) = slot.lingering.as_deref() else {
                 continue;
             };
             if now >= deadline || slot.conn.nothing_to_lose() {

@@ -161,7 +161,7 @@ struct Slot<H> {
     /// A lingering close, for this reason, until this deadline: the FIN is
     /// sent, whatever the peer still sends is dropped, and the connection
     /// ends at its EOF or once nothing can be lost.
-    lingering: Option<(CloseReason, Instant)>,
+    lingering: Option<Box<(CloseReason, Instant)>>,
     /// The pushers' side, for a handler that pushes.
     push: Option<Pusher>,
 }
@@ -624,7 +624,7 @@ impl<F: Factory> Loop<'_, F> {
             }
             bufs.recycle(bid);
         } else if res == 0 {
-            if let Some((reason, _)) = slot.lingering {
+            if let Some(&(reason, _)) = slot.lingering.as_deref() {
                 slot.dead.get_or_insert(reason);
             } else if slot.dead.is_none() {
                 slot.core.eof(scratch, counters, queue_only)?;
@@ -709,7 +709,7 @@ impl<F: Factory> Loop<'_, F> {
                         // the peer still sends until its EOF, or until
                         // nothing can be lost (checked by the linger timer).
                         let deadline = Instant::now() + self.config.drain_timeout;
-                        slot.lingering = Some((reason, deadline));
+                        slot.lingering = Some(Box::new((reason, deadline)));
                     }
                 }
             }
@@ -861,9 +861,10 @@ impl<F: Factory> Loop<'_, F> {
             }
             match pushed.action() {
                 None => slot.dead = Some(CloseReason::HandlerClosed),
-                Some(action) => slot
-                    .core
-                    .respond(&pushed.bytes, action, self.counters, queue_only)?,
+                Some(action) => {
+                    slot.core
+                        .respond(&pushed.bytes, action, self.counters, queue_only)?
+                }
             }
             self.pump(key)?;
         }
@@ -921,7 +922,7 @@ impl<F: Factory> Loop<'_, F> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some((reason, deadline)) = slot.lingering else {
+            let Some(&(reason, deadline)) = slot.lingering.as_deref() else {
                 continue;
             };
             if slot.dead.is_none() && (now >= deadline || nothing_to_lose(slot.stream.as_raw_fd()))
