@@ -62,7 +62,7 @@ fn first_reply_was_there_when_second_client_was_answered(
 
 #[test]
 fn slow_handler_stalls_the_loop_without_offload() {
-    for model in [Model::Epoll, Model::Poll] {
+    for model in [Model::Epoll, Model::Poll, Model::Coroutine] {
         // The loop is inside A's handler: B's line is not even read until
         // A's reply is sent.
         assert!(
@@ -74,7 +74,7 @@ fn slow_handler_stalls_the_loop_without_offload() {
 
 #[test]
 fn offload_lets_the_loop_answer_others_while_slow_work_runs() {
-    for model in [Model::Epoll, Model::Poll] {
+    for model in [Model::Epoll, Model::Poll, Model::Coroutine] {
         // A's ten lines run on the pool (500 ms); B's one line (50 ms) runs
         // on another pool thread and its reply goes out first.
         assert!(
