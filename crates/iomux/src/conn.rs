@@ -698,6 +698,35 @@ impl<H: Handler> Conn<H> {
     }
 }
 
+/// A lingering close in progress: the FIN is sent after everything
+/// produced, and what the peer still sends is dropped, until its EOF, until
+/// closing can lose nothing ([`nothing_to_lose`]), or until the deadline.
+/// Every driver that lingers keeps one and asks it, so the rule is written
+/// once.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Linger {
+    /// Why the connection ends.
+    pub reason: CloseReason,
+    /// When it ends at the latest.
+    pub deadline: std::time::Instant,
+}
+
+impl Linger {
+    /// A lingering close for `reason`, for `limit` at most from `now`.
+    pub fn new(reason: CloseReason, limit: std::time::Duration, now: std::time::Instant) -> Linger {
+        Linger {
+            reason,
+            deadline: now + limit,
+        }
+    }
+
+    /// The reason to close socket `fd` now: nothing can be lost any more,
+    /// or time is up. `None`: linger on.
+    pub fn over(&self, fd: RawFd, now: std::time::Instant) -> Option<CloseReason> {
+        (now >= self.deadline || nothing_to_lose(fd)).then_some(self.reason)
+    }
+}
+
 /// Whether closing the connected socket `fd` now loses nothing: every
 /// byte sent is acknowledged (`SIOCOUTQ` is 0) and no input waits unread
 /// (`SIOCINQ` is 0). `false` where the kernel cannot tell.

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::readiness::READS_PER_TURN;
 use super::{is_peer_gone, Accepted, Acceptor, Config, Counters, Stop, ACCEPT_BACKOFF};
-use crate::conn::{Conn, Input, ReadState};
+use crate::conn::{Conn, Input, Linger, ReadState};
 use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
 use crate::reactor::task::{self, Async, Runtime};
@@ -527,7 +527,8 @@ async fn linger<H: Handler>(conn: &mut Async<Conn<H>>, limit: Duration, scratch:
     if conn.get_ref().shutdown_write().is_err() {
         return;
     }
-    let deadline = Instant::now() + limit;
+    // The reason does not matter here: the caller has it.
+    let linger = Linger::new(CloseReason::ServerStop, limit, Instant::now());
     let fd = conn.get_ref().fd();
     loop {
         {
@@ -543,7 +544,7 @@ async fn linger<H: Handler>(conn: &mut Async<Conn<H>>, limit: Duration, scratch:
             }
         }
         conn.clear_readable();
-        if conn.get_ref().nothing_to_lose() || Instant::now() >= deadline {
+        if linger.over(fd, Instant::now()).is_some() {
             return;
         }
         let _ = task::timeout(LINGER_CHECK, conn.readable()).await;

@@ -60,7 +60,7 @@ use std::time::Instant;
 use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
-use crate::conn::{Conn, Input, ReadState};
+use crate::conn::{Conn, Input, Linger, ReadState};
 use crate::protocol::{Action, CloseReason, Factory, Handler};
 use crate::push::Pusher;
 use crate::reactor::{IoId, Options, Reactor, TimerId};
@@ -106,7 +106,7 @@ struct Slot<H> {
     /// A lingering close, for this reason, until this deadline: our FIN
     /// is sent; input is read and dropped until the peer's EOF, or until
     /// nothing can be lost by closing (checked every [`LINGER_CHECK`]).
-    lingering: Option<Box<(CloseReason, Instant)>>,
+    lingering: Option<Box<Linger>>,
     /// The pushers' side, for a handler that pushes.
     push: Option<Pusher>,
 }
@@ -437,7 +437,7 @@ impl<F: Factory> Server<F> {
         if event.is_read_closed() || event.is_error() {
             slot.peer_closed = true;
         }
-        if let Some(&(reason, _)) = slot.lingering.as_deref() {
+        if let Some(reason) = slot.lingering.as_deref().map(|l| l.reason) {
             match Self::discard(slot, &mut self.scratch, edge) {
                 Ok(Some(true)) => self.again.push(key),
                 Ok(Some(false)) => {}
@@ -572,14 +572,14 @@ impl<F: Factory> Server<F> {
     /// ([`Config::drain_timeout`] from now) (nginx's lingering close).
     fn linger(&mut self, r: &mut Reactor<Server<F>>, key: usize, reason: CloseReason) {
         let edge = self.mode == Mode::Edge;
-        let deadline = r.now() + self.config.drain_timeout;
+        let linger = Linger::new(reason, self.config.drain_timeout, r.now());
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
         if slot.conn.shutdown_write().is_err() {
             return self.close(r, key, reason);
         }
-        slot.lingering = Some(Box::new((reason, deadline)));
+        slot.lingering = Some(Box::new(linger));
         slot.maybe_readable = true;
         let io = slot.io;
         let res = r
@@ -608,10 +608,10 @@ impl<F: Factory> Server<F> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(&(reason, deadline)) = slot.lingering.as_deref() else {
+            let Some(linger) = slot.lingering.as_deref() else {
                 continue;
             };
-            if now >= deadline || slot.conn.nothing_to_lose() {
+            if let Some(reason) = linger.over(slot.conn.fd(), now) {
                 self.close(r, key, reason);
             } else {
                 left = true;

@@ -71,7 +71,7 @@ use super::{
     is_peer_gone, Accepted, Acceptor, Config, Counters, FdExhaustion, Stop, ACCEPT_BACKOFF,
 };
 use crate::budget::LatencyBudget;
-use crate::conn::{close_now, nothing_to_lose, Core, Phase};
+use crate::conn::{close_now, Core, Linger, Phase};
 use crate::protocol::{CloseReason, Factory, Handler};
 use crate::push::Pusher;
 use crate::uring::ring::{build_ring, BufRing};
@@ -161,7 +161,7 @@ struct Slot<H> {
     /// A lingering close, for this reason, until this deadline: the FIN is
     /// sent, whatever the peer still sends is dropped, and the connection
     /// ends at its EOF or once nothing can be lost.
-    lingering: Option<Box<(CloseReason, Instant)>>,
+    lingering: Option<Box<Linger>>,
     /// The pushers' side, for a handler that pushes.
     push: Option<Pusher>,
 }
@@ -624,7 +624,7 @@ impl<F: Factory> Loop<'_, F> {
             }
             bufs.recycle(bid);
         } else if res == 0 {
-            if let Some(&(reason, _)) = slot.lingering.as_deref() {
+            if let Some(reason) = slot.lingering.as_deref().map(|l| l.reason) {
                 slot.dead.get_or_insert(reason);
             } else if slot.dead.is_none() {
                 slot.core.eof(scratch, counters, queue_only)?;
@@ -708,8 +708,8 @@ impl<F: Factory> Loop<'_, F> {
                         // A FIN after everything produced; then drop what
                         // the peer still sends until its EOF, or until
                         // nothing can be lost (checked by the linger timer).
-                        let deadline = Instant::now() + self.config.drain_timeout;
-                        slot.lingering = Some(Box::new((reason, deadline)));
+                        let limit = self.config.drain_timeout;
+                        slot.lingering = Some(Box::new(Linger::new(reason, limit, Instant::now())));
                     }
                 }
             }
@@ -922,11 +922,11 @@ impl<F: Factory> Loop<'_, F> {
             let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(&(reason, deadline)) = slot.lingering.as_deref() else {
+            let Some(linger) = slot.lingering.as_deref() else {
                 continue;
             };
-            if slot.dead.is_none() && (now >= deadline || nothing_to_lose(slot.stream.as_raw_fd()))
-            {
+            let over = linger.over(slot.stream.as_raw_fd(), now);
+            if let (None, Some(reason)) = (slot.dead, over) {
                 slot.dead = Some(reason);
                 self.pump(key)?;
             } else {
