@@ -212,6 +212,9 @@ async fn accept_loop<F: Factory>(
     let live = Rc::new(Cell::new(0usize));
     let drain = Rc::new(DrainSignal::default());
     let mut acceptor = Acceptor::new(&config)?;
+    // One copy for every task: a connection's future holds a pointer, not
+    // the whole configuration.
+    let shared = Rc::new(config);
     let lfd = listener.get_ref().as_raw_fd();
     loop {
         let accept = poll_fn(|cx| {
@@ -251,7 +254,7 @@ async fn accept_loop<F: Factory>(
                     task::spawn_detached(connection(
                         stream,
                         handler,
-                        config,
+                        shared.clone(),
                         scratch.clone(),
                         guard,
                     ));
@@ -313,7 +316,7 @@ impl<H: Handler> Drop for Owned<H> {
 async fn connection<H: Handler>(
     stream: TcpStream,
     mut handler: H,
-    config: Config,
+    config: Rc<Config>,
     scratch: Scratch,
     guard: Guard,
 ) {
