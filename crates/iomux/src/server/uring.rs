@@ -133,19 +133,32 @@ fn decode(ud: u64) -> (u64, u32, usize) {
     )
 }
 
-/// Emptied send buffers kept for reuse, and the largest kept.
-type Spare = Vec<Vec<u8>>;
+/// The buffer of a send in flight, `buf[sent..]` unsent.
+#[derive(Default)]
+struct Sending {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl Sending {
+    fn done(&self) -> bool {
+        self.sent >= self.buf.len()
+    }
+}
+
+/// Emptied send buffers kept for reuse. Boxed on purpose: a connection
+/// holds one only while it sends, through one pointer.
+#[allow(clippy::vec_box)]
+type Spare = Vec<Box<Sending>>;
 
 struct Slot<H> {
     stream: TcpStream,
     /// The connection core: handler, phase, parked input, bounded output.
     core: Core<H>,
     gen: u32,
-    /// The buffer of the send in flight, `sending[sent..]` unsent. Never
-    /// touched, moved out or freed while the send is in flight; empty (no
-    /// capacity) while no send is.
-    sending: Vec<u8>,
-    sent: usize,
+    /// The buffer of the send in flight. Never touched, moved out or freed
+    /// while the send is in flight; `None` while no send is.
+    sending: Option<Box<Sending>>,
     recv_armed: bool,
     /// The armed recv is multishot (it stays armed until cancelled).
     recv_multishot: bool,
@@ -167,10 +180,12 @@ struct Slot<H> {
 }
 
 /// Gives an emptied send buffer back for reuse.
-fn give_back(spare: &mut Spare, mut buf: Vec<u8>) {
-    if spare.len() < SPARE_BUFFERS && buf.capacity() > 0 && buf.capacity() <= SPARE_MAX {
-        buf.clear();
-        spare.push(buf);
+fn give_back(spare: &mut Spare, sending: Option<Box<Sending>>) {
+    let Some(mut s) = sending else { return };
+    if spare.len() < SPARE_BUFFERS && s.buf.capacity() <= SPARE_MAX {
+        s.buf.clear();
+        s.sent = 0;
+        spare.push(s);
     }
 }
 
@@ -499,8 +514,7 @@ impl<F: Factory> Loop<'_, F> {
                     stream,
                     core,
                     gen: self.next_gen,
-                    sending: Vec::new(),
-                    sent: 0,
+                    sending: None,
                     recv_armed: false,
                     recv_multishot: false,
                     recv_cancelled: false,
@@ -657,10 +671,11 @@ impl<F: Factory> Loop<'_, F> {
             slot.last_active = self.turn;
             Counters::add(&self.counters.bytes_out, n as u64);
             slot.core.sent(n, self.counters);
-            slot.sent += n;
-            if slot.sent >= slot.sending.len() {
-                give_back(&mut self.spare, mem::take(&mut slot.sending));
-                slot.sent = 0;
+            if let Some(sending) = slot.sending.as_mut() {
+                sending.sent += n;
+                if sending.done() {
+                    give_back(&mut self.spare, slot.sending.take());
+                }
             }
         } else {
             match -res {
@@ -739,16 +754,16 @@ impl<F: Factory> Loop<'_, F> {
         // The next send: the rest of a partial one, else everything queued.
         let mut send = None;
         if !slot.send_inflight {
-            if slot.sent == slot.sending.len() && slot.core.queued() > 0 {
-                if slot.sending.capacity() == 0 {
-                    slot.sending = spare.pop().unwrap_or_default();
-                }
-                slot.sending.clear();
-                slot.sent = 0;
-                slot.core.take_output(&mut slot.sending);
+            if slot.sending.as_ref().is_none_or(|s| s.done()) && slot.core.queued() > 0 {
+                let sending = slot
+                    .sending
+                    .get_or_insert_with(|| spare.pop().unwrap_or_default());
+                sending.buf.clear();
+                sending.sent = 0;
+                slot.core.take_output(&mut sending.buf);
             }
-            if slot.sent < slot.sending.len() {
-                let rest = &slot.sending[slot.sent..];
+            if let Some(sending) = slot.sending.as_ref().filter(|s| !s.done()) {
+                let rest = &sending.buf[sending.sent..];
                 let len = rest.len().min(u32::MAX as usize) as u32;
                 send = Some(
                     opcode::Send::new(Fd(fd), rest.as_ptr(), len)
@@ -806,8 +821,8 @@ impl<F: Factory> Loop<'_, F> {
             // `sending`, which is neither touched, moved out nor freed
             // while `send_inflight` is set (`on_send` clears it before it
             // gives the buffer back), and the slot is not freed before
-            // that completion either. Moving the Slot does not move the
-            // Vec's buffer.
+            // that completion either. Moving the Slot (or the Box) does not
+            // move the Vec's buffer.
             unsafe { self.push(&entry)? };
         }
         if lingering {
