@@ -743,6 +743,9 @@ impl<F: Factory> Server<F> {
             return;
         };
         let pushed = pusher.take();
+        if slot.lingering.is_some() {
+            return; // our FIN is sent: nothing more goes out
+        }
         let Some(action) = pushed.action() else {
             return self.close(r, key, CloseReason::HandlerClosed);
         };
