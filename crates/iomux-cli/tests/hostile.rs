@@ -92,6 +92,31 @@ fn warm_fds(server: &mut Server) -> usize {
     server.fds()
 }
 
+/// Sends 64 KiB chunks on `slow` (which has a write timeout) until `limit`
+/// bytes or until the server stops taking them; returns the bytes sent.
+fn push_until_refused(slow: &mut TcpStream, limit: usize, model: &str) -> usize {
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut pushed = 0;
+    while pushed < limit {
+        match slow.write(&chunk) {
+            Ok(n) => pushed += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("{model}: the slow reader's send failed: {e}"),
+        }
+    }
+    pushed
+}
+
+/// The server's selector waits and CPU microseconds over one idle second.
+fn idle_second(server: &mut Server) -> (u64, u64) {
+    let (waits_before, cpu_before) = (server.stat("wait_calls"), server.stat("cpu_us"));
+    std::thread::sleep(Duration::from_millis(1000));
+    (
+        server.stat("wait_calls") - waits_before,
+        server.stat("cpu_us") - cpu_before,
+    )
+}
+
 // ---------------------------------------------------------------- checks
 
 /// A client that sends and never reads: the server must stop reading it
@@ -108,15 +133,7 @@ fn slow_reader(model: &str) {
     let mut slow = client(addr);
     slow.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut pushed = 0;
-    while pushed < limit {
-        match slow.write(&chunk) {
-            Ok(n) => pushed += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-            Err(e) => panic!("{model}: the slow reader's send failed: {e}"),
-        }
-    }
+    let pushed = push_until_refused(&mut slow, limit, model);
     assert!(
         pushed < limit,
         "{model}: {pushed} bytes pushed without the server pushing back"
@@ -206,15 +223,8 @@ fn local_slow_reader(model: &str) {
     let mut slow = client(server.addr());
     slow.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let (chunk, limit) = (vec![b'a'; 64 * 1024], 64 << 20);
-    let mut pushed = 0;
-    while pushed < limit {
-        match slow.write(&chunk) {
-            Ok(n) => pushed += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-            Err(e) => panic!("{model}: the slow reader's send failed: {e}"),
-        }
-    }
+    let limit = 64 << 20;
+    let pushed = push_until_refused(&mut slow, limit, model);
     assert!(pushed < limit, "{model}: no push-back after {pushed} bytes");
     let config = iomux::server::Config::default();
     let peak = server.counters().snapshot().peak_conn_output as usize;
@@ -583,12 +593,7 @@ fn uring_batch_wait_sleeps_while_idle() {
     server.wait_until("the idle connections accepted", |s| {
         s.stats()["accepted"] >= 50
     });
-    let (waits_before, cpu_before) = (server.stat("wait_calls"), server.stat("cpu_us"));
-    std::thread::sleep(Duration::from_millis(1000));
-    let (waits, cpu) = (
-        server.stat("wait_calls") - waits_before,
-        server.stat("cpu_us") - cpu_before,
-    );
+    let (waits, cpu) = idle_second(&mut server);
     eprintln!("uring --uring-batch-wait 100us: {waits} waits and {cpu} us of CPU in 1 s idle");
     // A loop that wakes each batch time makes ~10,000 waits here; one that
     // sleeps makes one per second (its overall timeout), plus the stats.
@@ -620,12 +625,7 @@ fn latency_budget_sleeps_while_idle(model: &str) {
             assert_eq!(reply, format!("BURST {round}\n").as_bytes());
         }
     }
-    let (waits_before, cpu_before) = (server.stat("wait_calls"), server.stat("cpu_us"));
-    std::thread::sleep(Duration::from_millis(1000));
-    let (waits, cpu) = (
-        server.stat("wait_calls") - waits_before,
-        server.stat("cpu_us") - cpu_before,
-    );
+    let (waits, cpu) = idle_second(&mut server);
     eprintln!("{model} --latency-budget 1ms: {waits} waits and {cpu} us of CPU in 1 s idle");
     // A loop that wakes at the end of each delay makes ~2,000 waits here,
     // one that polls without blocking hundreds of thousands; one that
